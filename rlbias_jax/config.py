@@ -1,0 +1,338 @@
+"""Frozen configuration dataclasses, TOML loading and validation.
+
+Every knob of an experiment lives in one of the dataclasses below. `load_config`
+reads a TOML file, rejects unknown keys (with a suggestion), checks types and
+ranges, and raises `ConfigError` naming the offending field *before* any
+compute starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+TOY_TASK_IDS = (1, 2, 3, 4, 5)
+NL_TASK_IDS = (1, 2, 5, 22, 23)
+PARTITIONS = ("both", "neither", "s_only", "t_only")
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration: the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str = "toy_default"
+    experiment: Literal["toy", "nl"] = "toy"
+    out_dir: str = "runs"
+    # Iterations per compiled chunk: progress, metrics and checkpoints happen between chunks.
+    chunk_iterations: int = 10
+    checkpoint_keep: int = 2
+    seed: int = 0
+    # Whether `rlbias run` measures extractability (MDL) before the RL sweep.
+    probe: bool = True
+    # Whether `rlbias run` writes the report at the end.
+    report: bool = True
+
+    def validate(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'")
+        _positive(self, "run", "chunk_iterations", "checkpoint_keep")
+        _require(self.seed >= 0, "run.seed", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """The toy tasks of SPEC §3 (or the NL prefix tasks of SPEC §6)."""
+
+    task_ids: tuple[int, ...] = (1, 2, 3, 5)
+    vocab_size: int = 10  # number of symbols V
+    seq_len: int = 10
+    # Training set: fixed size, a fraction `s_only_rate` of s-only examples, the rest
+    # split evenly between both and neither (Lovering et al.).
+    train_size: int = 2000
+    test_size_both: int = 500
+    test_size_neither: int = 500
+    test_size_s_only: int = 500
+    test_size_t_only: int = 500
+
+    def validate(self, experiment: str) -> None:
+        allowed = TOY_TASK_IDS if experiment == "toy" else NL_TASK_IDS
+        _require(len(self.task_ids) > 0, "task.task_ids", "must list at least one task id")
+        for task_id in self.task_ids:
+            _require(task_id in allowed, "task.task_ids", f"unknown task id {task_id}; known ids: {list(allowed)}")
+        _require(len(set(self.task_ids)) == len(self.task_ids), "task.task_ids", "has duplicates")
+        _require(self.vocab_size >= 3, "task.vocab_size", "must be >= 3 (symbols 0, 1, 2 are used by the features)")
+        _require(self.seq_len >= 2, "task.seq_len", "must be >= 2")
+        _positive(self, "task", "train_size", "test_size_both", "test_size_neither", "test_size_s_only", "test_size_t_only")
+
+    def test_sizes(self) -> dict[str, int]:
+        return {
+            "both": self.test_size_both,
+            "neither": self.test_size_neither,
+            "s_only": self.test_size_s_only,
+            "t_only": self.test_size_t_only,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The policy. `source = "random"` builds a randomly initialised GPT-2 of the given
+    size; other sources load pretrained weights (see rlbias_jax.models.loading)."""
+
+    source: str = "random"
+    architecture: Literal["gpt2", "llama"] = "gpt2"
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    max_len: int = 32
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def validate(self) -> None:
+        _positive(self, "model", "n_layer", "n_head", "d_model", "max_len")
+        _require(self.d_model % self.n_head == 0, "model.d_model", f"({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    # "ascending": ordered-digits reward of SPEC §4; "threshold": the one-token variant.
+    kind: Literal["ascending", "threshold"] = "ascending"
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO for language models (SPEC §4, TRL / lm-human-preferences semantics)."""
+
+    iterations: int = 100
+    episodes_per_iteration: int = 256
+    minibatch_size: int = 64  # episodes per minibatch
+    epochs: int = 5
+    response_len: int = 5
+    temperature: float = 1.0
+    learning_rate: float = 1e-4
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    value_clip_eps: float = 0.0  # 0 disables value clipping
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    normalize_advantages: bool = True
+    kl_coef: float = 0.0  # initial beta; 0 = no reference penalty
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: float = 10000.0
+
+    def validate(self) -> None:
+        _positive(self, "ppo", "iterations", "episodes_per_iteration", "minibatch_size", "epochs", "response_len")
+        _require(
+            self.episodes_per_iteration % self.minibatch_size == 0,
+            "ppo.minibatch_size",
+            f"({self.minibatch_size}) must divide ppo.episodes_per_iteration ({self.episodes_per_iteration})",
+        )
+        _require(self.temperature > 0, "ppo.temperature", "must be > 0")
+        _require(self.learning_rate > 0, "ppo.learning_rate", "must be > 0")
+        _require(0 <= self.gamma <= 1, "ppo.gamma", "must be in [0, 1]")
+        _require(0 <= self.gae_lambda <= 1, "ppo.gae_lambda", "must be in [0, 1]")
+        _require(self.clip_eps > 0, "ppo.clip_eps", "must be > 0")
+        for name in ("value_clip_eps", "value_coef", "entropy_coef", "max_grad_norm", "kl_coef", "adam_eps"):
+            _require(getattr(self, name) >= 0, f"ppo.{name}", "must be >= 0")
+        _require(self.kl_target > 0, "ppo.kl_target", "must be > 0")
+        _require(self.kl_horizon > 0, "ppo.kl_horizon", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    s_only_rates: tuple[float, ...] = (0.0, 0.01, 0.1, 0.5)
+    seeds: int = 2
+
+    def validate(self) -> None:
+        _require(len(self.s_only_rates) > 0, "sweep.s_only_rates", "must list at least one rate")
+        for rate in self.s_only_rates:
+            _require(0.0 <= rate <= 1.0, "sweep.s_only_rates", f"rate {rate} is outside [0, 1]")
+        _positive(self, "sweep", "seeds")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    greedy: bool = True
+    failed_neither_threshold: float = 0.0  # runs whose neither score is below are dropped in the report
+    use_target_threshold: float = 0.9  # for "evidence required"
+
+    def validate(self) -> None:
+        _require(0 <= self.failed_neither_threshold <= 1, "eval.failed_neither_threshold", "must be in [0, 1]")
+        _require(0 <= self.use_target_threshold <= 1, "eval.use_target_threshold", "must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """MDL online-code probing (SPEC §5)."""
+
+    mode: Literal["finetune", "policy", "frozen"] = "policy"
+    probe_size: int = 2000  # examples per probing set (balanced)
+    seeds: int = 3
+    steps_per_block: int = 100
+    schedule: Literal["fixed_steps", "epochs"] = "fixed_steps"
+    epochs_per_block: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    # finetune-mode encoder (SPEC §5 toy original)
+    encoder_layers: int = 2
+    encoder_width: int = 256
+    encoder_heads: int = 4
+    encoder_ff: int = 2048
+    dropout: float = 0.1
+    head_dropout: float = 0.5
+    frozen_head: Literal["linear", "mlp"] = "linear"
+
+    def validate(self) -> None:
+        _positive(self, "probe", "probe_size", "seeds", "steps_per_block", "epochs_per_block", "batch_size")
+        _require(self.learning_rate > 0, "probe.learning_rate", "must be > 0")
+        _require(self.mode in ("finetune", "policy", "frozen"), "probe.mode", f"unknown probe mode {self.mode!r}; known: finetune, policy, frozen")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    run: RunConfig = RunConfig()
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    sweep: SweepConfig = SweepConfig()
+    eval: EvalConfig = EvalConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+    def validate(self) -> "Config":
+        self.run.validate()
+        self.task.validate(self.run.experiment)
+        self.model.validate()
+        self.reward.validate()
+        self.ppo.validate()
+        self.sweep.validate()
+        self.eval.validate()
+        self.probe.validate()
+        if self.run.experiment == "toy":
+            needed = self.task.seq_len + self.ppo.response_len
+            _require(self.model.max_len >= needed, "model.max_len", f"({self.model.max_len}) must be >= task.seq_len + ppo.response_len ({needed})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+def _positive(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(value > 0, f"{section}.{name}", f"must be > 0 (got {value})")
+
+
+def _coerce(value: Any, annotation: Any, field: str) -> Any:
+    """Check `value` against a (simple) type annotation and coerce int->float, list->tuple."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        _require(value in choices, field, f"must be one of {list(choices)} (got {value!r})")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, field)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{field}: has the wrong type ({type(value).__name__})")
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), field, f"must be a list (got {type(value).__name__})")
+        (item_type, *_rest) = typing.get_args(annotation)
+        return tuple(_coerce(item, item_type, f"{field}[{i}]") for i, item in enumerate(value))
+    if annotation is bool:
+        _require(isinstance(value, bool), field, f"must be true or false (got {value!r})")
+        return value
+    if annotation is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), field, f"must be an integer (got {value!r})")
+        return value
+    if annotation is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), field, f"must be a number (got {value!r})")
+        value = float(value)
+        _require(value == value and abs(value) != float("inf"), field, "must be finite")
+        return value
+    if annotation is str:
+        _require(isinstance(value, str), field, f"must be a string (got {value!r})")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, section: str) -> Any:
+    _require(isinstance(data, dict), section, f"must be a table (got {type(data).__name__})")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{section}.{key}: unknown key{hint}")
+        field = f"{section}.{key}"
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, field)
+        else:
+            kwargs[key] = _coerce(value, hints[key], field)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested dict (as read from TOML)."""
+    hints = typing.get_type_hints(Config)
+    sections = {f.name for f in dataclasses.fields(Config)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in sections:
+            close = difflib.get_close_matches(key, sorted(sections), n=1)
+            hint = f"; did you mean '[{close[0]}]'?" if close else f"; known sections: {', '.join(sorted(sections))}"
+            raise ConfigError(f"[{key}]: unknown section{hint}")
+        kwargs[key] = _build(hints[key], value, key)
+    return Config(**kwargs).validate()
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, merge overrides into, and validate a TOML config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _require(bool(key), dotted, "override must look like section.key=value")
+        data.setdefault(section, {})[key] = value
+    return config_from_dict(data)
+
+
+def replace(config: Config, **sections: dict[str, Any]) -> Config:
+    """Return a copy with some fields of some sections replaced, re-validated."""
+    updated = {
+        name: dataclasses.replace(getattr(config, name), **changes) for name, changes in sections.items()
+    }
+    return dataclasses.replace(config, **updated).validate()
