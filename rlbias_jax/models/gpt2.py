@@ -1,0 +1,176 @@
+"""GPT-2 in Flax (Hugging Face `GPT2LMHeadModel` semantics).
+
+Pre-LayerNorm blocks, learned absolute positions, GELU (tanh approximation), tied
+input/output embeddings. Parameter names follow the Hugging Face checkpoint
+(`wte`, `wpe`, `h_{i}/{ln_1,attn/c_attn,attn/c_proj,ln_2,mlp/c_fc,mlp/c_proj}`,
+`ln_f`) and Dense kernels are [in, out], which is exactly HF's Conv1D layout, so
+loading is a short name map (see `rlbias_jax.models.loading`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlbias_jax.models.kv_cache import KVCache, attention_bias, dot_product_attention, init_cache, update_layer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    max_len: int = 1024
+    n_inner: int | None = None  # feed-forward width; 4 * d_model when None
+    layer_norm_eps: float = 1e-5
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        return self.n_inner or 4 * self.d_model
+
+    def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        return init_cache(self.n_layer, batch, max_len or self.max_len, self.n_head, self.head_dim, DTYPES[self.dtype])
+
+    def num_params(self) -> int:
+        """Parameters excluding position embeddings (nanoGPT's convention for FLOP counts)."""
+        d, f, L = self.d_model, self.ff_dim, self.n_layer
+        per_layer = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
+        return self.vocab_size * d + L * per_layer + 2 * d
+
+
+@flax.struct.dataclass
+class LMOutput:
+    """What every causal LM in this package returns.
+
+    logits [B, T, V] (float32); hidden [B, T, D] final (post-LN) hidden states;
+    cache: the updated KVCache or None; layer_hidden: tuple of [B, T, D] per layer
+    (embeddings first, n_layer + 1 entries) when requested, else None.
+    """
+
+    logits: jax.Array
+    hidden: jax.Array
+    cache: KVCache | None = None
+    layer_hidden: tuple | None = None
+
+
+def _dense(features: int, config: GPT2Config, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=DTYPES[config.dtype],
+        param_dtype=DTYPES[config.param_dtype],
+        kernel_init=nn.initializers.normal(0.02),
+        name=name,
+    )
+
+
+def _layer_norm(config: GPT2Config, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32, param_dtype=DTYPES[config.param_dtype], name=name)
+
+
+class GPT2Attention(nn.Module):
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, x, allowed, layer_cache):
+        config = self.config
+        batch, length, _ = x.shape
+        qkv = _dense(3 * config.d_model, config, "c_attn")(x)
+        query, key, value = jnp.split(qkv, 3, axis=-1)
+        shape = (batch, length, config.n_head, config.head_dim)
+        query, key, value = query.reshape(shape), key.reshape(shape), value.reshape(shape)
+        if layer_cache is not None:
+            cache_keys, cache_values, index = layer_cache
+            cache_keys, cache_values = update_layer(cache_keys, cache_values, index, key, value)
+            key, value = cache_keys, cache_values
+            layer_cache = (cache_keys, cache_values)
+        out = dot_product_attention(query, key, value, allowed).reshape(batch, length, config.d_model)
+        return _dense(config.d_model, config, "c_proj")(out), layer_cache
+
+
+class GPT2MLP(nn.Module):
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, x):
+        hidden = _dense(self.config.ff_dim, self.config, "c_fc")(x)
+        hidden = nn.gelu(hidden, approximate=True)
+        return _dense(self.config.d_model, self.config, "c_proj")(hidden)
+
+
+class GPT2Block(nn.Module):
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, x, allowed, layer_cache):
+        dtype = DTYPES[self.config.dtype]
+        attn_out, layer_cache = GPT2Attention(self.config, name="attn")(
+            _layer_norm(self.config, "ln_1")(x).astype(dtype), allowed, layer_cache
+        )
+        x = x + attn_out.astype(x.dtype)
+        x = x + GPT2MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x).astype(dtype)).astype(x.dtype)
+        return x, layer_cache
+
+
+class GPT2(nn.Module):
+    """tokens int32[B, T], positions int32[B, T], attention_mask bool[B, S] over key slots
+    (S = T without a cache, S = cache.max_len with one)."""
+
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        cache: KVCache | None = None,
+        return_layer_hidden: bool = False,
+    ) -> LMOutput:
+        config = self.config
+        batch, length = tokens.shape
+        if positions is None:
+            offset = 0 if cache is None else cache.index
+            positions = jnp.broadcast_to(offset + jnp.arange(length), (batch, length))
+        wte = nn.Embed(config.vocab_size, config.d_model, embedding_init=nn.initializers.normal(0.02),
+                       param_dtype=DTYPES[config.param_dtype], name="wte")
+        wpe = nn.Embed(config.max_len, config.d_model, embedding_init=nn.initializers.normal(0.01),
+                       param_dtype=DTYPES[config.param_dtype], name="wpe")
+        # The residual stream stays in float32; matmuls run in config.dtype.
+        x = (wte(tokens) + wpe(positions)).astype(jnp.float32)
+        if cache is None:
+            allowed = attention_bias(length, length, 0, attention_mask)
+        else:
+            allowed = attention_bias(length, cache.max_len, cache.index, attention_mask)
+        layer_hidden = [x]
+        new_keys, new_values = [], []
+        for layer in range(config.n_layer):
+            layer_cache = None if cache is None else (cache.keys[layer], cache.values[layer], cache.index)
+            x, layer_cache = GPT2Block(config, name=f"h_{layer}")(x, allowed, layer_cache)
+            layer_hidden.append(x)
+            if cache is not None:
+                new_keys.append(layer_cache[0])
+                new_values.append(layer_cache[1])
+        hidden = _layer_norm(config, "ln_f")(x)
+        logits = wte.attend(hidden.astype(DTYPES[config.dtype])).astype(jnp.float32)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(keys=jnp.stack(new_keys), values=jnp.stack(new_values), index=cache.index + length)
+        return LMOutput(
+            logits=logits,
+            hidden=hidden,
+            cache=new_cache,
+            layer_hidden=tuple(layer_hidden) if return_layer_hidden else None,
+        )

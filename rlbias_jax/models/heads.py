@@ -1,0 +1,49 @@
+"""Heads on top of a causal LM: a scalar value head (shared trunk, for PPO) and a
+sequence-classification head (last-token readout, for probes and reward models)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlbias_jax.models.kv_cache import KVCache
+
+
+@flax.struct.dataclass
+class PolicyOutput:
+    logits: jax.Array  # [B, T, V] float32
+    values: jax.Array  # [B, T] float32: predicted return from the state that emits the next token
+    cache: KVCache | None = None
+
+
+class PolicyValueModel(nn.Module):
+    """An LM with a scalar value head on its final hidden state (shared trunk)."""
+
+    lm: nn.Module
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, attention_mask=None, cache=None) -> PolicyOutput:
+        out = self.lm(tokens, positions=positions, attention_mask=attention_mask, cache=cache)
+        values = nn.Dense(1, kernel_init=nn.initializers.zeros, name="value_head")(out.hidden.astype(jnp.float32))
+        return PolicyOutput(logits=out.logits, values=values[..., 0], cache=out.cache)
+
+
+class SequenceClassifier(nn.Module):
+    """An LM read out at the last valid position through a linear classification head."""
+
+    lm: nn.Module
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, tokens, attention_mask=None) -> jax.Array:
+        out = self.lm(tokens, attention_mask=attention_mask)
+        if attention_mask is None:
+            last = out.hidden[:, -1]
+        else:
+            # the last true position works for left and right padding alike
+            length = attention_mask.shape[1]
+            last_index = length - 1 - jnp.argmax(attention_mask[:, ::-1].astype(jnp.int32), axis=1)
+            last = jnp.take_along_axis(out.hidden, last_index[:, None, None], axis=1)[:, 0]
+        return nn.Dense(self.num_classes, name="score")(last.astype(jnp.float32))
