@@ -1,0 +1,132 @@
+"""PPO for language models: losses and the epoch × minibatch update (SPEC §4).
+
+Conventions of TRL's original PPO trainer and lm-human-preferences: every
+response token is an action; the value head predicts, at the position that
+emits a token, the return from there; tokens after EOS are masked out of every
+loss and statistic.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlbias_jax.config import PPOConfig
+
+
+@flax.struct.dataclass
+class Episodes:
+    """A batch of B episodes with prompt length P and response length N."""
+
+    tokens: jax.Array  # int32[B, P + N]: prompt then response
+    response_mask: jax.Array  # bool[B, N]
+    logprobs: jax.Array  # float32[B, N]: old policy, teacher-forced
+    values: jax.Array  # float32[B, N]: old values
+    advantages: jax.Array  # float32[B, N]
+    returns: jax.Array  # float32[B, N]
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: object
+    opt_state: object
+
+
+def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm) if config.max_grad_norm > 0 else optax.identity(),
+        optax.adam(config.learning_rate, eps=config.adam_eps),
+    )
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(values.dtype)
+    return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_len: int, temperature: float):
+    """Teacher-forced pass: log-probs of the response tokens, values and entropies, each [B, N].
+
+    The position P−1+i emits response token i, so its logits and value belong to token i.
+    """
+    out = apply_fn(params, tokens, None, None, None)
+    prompt_len = tokens.shape[1] - response_len
+    logits = out.logits[:, prompt_len - 1 : -1] / temperature
+    values = out.values[:, prompt_len - 1 : -1]
+    log_probs_all = jax.nn.log_softmax(logits, axis=-1)
+    response = tokens[:, prompt_len:]
+    logprobs = jnp.take_along_axis(log_probs_all, response[..., None], axis=-1)[..., 0]
+    entropy = -(jnp.exp(log_probs_all) * log_probs_all).sum(-1)
+    return logprobs, values, entropy
+
+
+def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig):
+    """Clipped policy loss + (optionally clipped) value loss − entropy bonus, with TRL's statistics."""
+    response_len = batch.response_mask.shape[1]
+    logprobs, values, entropy = response_statistics(apply_fn, params, batch.tokens, response_len, config.temperature)
+    mask = batch.response_mask
+
+    log_ratio = logprobs - batch.logprobs
+    ratio = jnp.exp(log_ratio)
+    policy_losses = -batch.advantages * ratio
+    policy_losses_clipped = -batch.advantages * jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
+    policy_loss = masked_mean(jnp.maximum(policy_losses, policy_losses_clipped), mask)
+
+    value_losses = (values - batch.returns) ** 2
+    if config.value_clip_eps > 0:
+        values_clipped = batch.values + jnp.clip(values - batch.values, -config.value_clip_eps, config.value_clip_eps)
+        value_losses_clipped = (values_clipped - batch.returns) ** 2
+        value_clipfrac = masked_mean((value_losses_clipped > value_losses).astype(jnp.float32), mask)
+        value_losses = jnp.maximum(value_losses, value_losses_clipped)
+    else:
+        value_clipfrac = jnp.zeros(())
+    value_loss = 0.5 * masked_mean(value_losses, mask)
+    mean_entropy = masked_mean(entropy, mask)
+    loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * mean_entropy
+
+    stats = {
+        "loss/policy": policy_loss,
+        "loss/value": value_loss,
+        "loss/total": loss,
+        "policy/entropy": mean_entropy,
+        "policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+        "policy/clipfrac": masked_mean((policy_losses_clipped > policy_losses).astype(jnp.float32), mask),
+        "val/ratio": masked_mean(ratio, mask),
+        "val/clipfrac": value_clipfrac,
+        "val/mean": masked_mean(values, mask),
+    }
+    return loss, stats
+
+
+def ppo_update(
+    state: TrainState,
+    episodes: Episodes,
+    key: jax.Array,
+    apply_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    config: PPOConfig,
+) -> tuple[TrainState, dict]:
+    """`config.epochs` passes over shuffled minibatches of episodes; statistics averaged."""
+    batch_size = episodes.tokens.shape[0]
+    n_minibatches = batch_size // config.minibatch_size
+    grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
+
+    def minibatch_step(train_state: TrainState, minibatch: Episodes):
+        (_, stats), grads = grad_fn(train_state.params, apply_fn, minibatch, config)
+        updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
+        params = optax.apply_updates(train_state.params, updates)
+        stats["policy/grad_norm"] = optax.global_norm(grads)
+        return TrainState(params=params, opt_state=opt_state), stats
+
+    def epoch_step(train_state: TrainState, epoch_key):
+        permutation = jax.random.permutation(epoch_key, batch_size)
+        shuffled = jax.tree.map(lambda x: x[permutation].reshape(n_minibatches, config.minibatch_size, *x.shape[1:]), episodes)
+        train_state, stats = jax.lax.scan(minibatch_step, train_state, shuffled)
+        return train_state, jax.tree.map(jnp.mean, stats)
+
+    state, stats = jax.lax.scan(epoch_step, state, jax.random.split(key, config.epochs))
+    return state, jax.tree.map(jnp.mean, stats)

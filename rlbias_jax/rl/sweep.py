@@ -1,0 +1,159 @@
+"""The evidence sweep as one compiled program.
+
+All runs (task × s-only rate × seed) share one jitted function: `jax.vmap` over
+a leading run axis, `lax.scan` over the iterations of a chunk. The host loop
+runs chunk after chunk, printing progress and saving checkpoints in between.
+The run axis is sharded over every local device (padded to a multiple of the
+device count; padding runs are dropped from the results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlbias_jax.config import PPOConfig
+from rlbias_jax.rl.train import Policy, RunData, RunState, evaluate_partition, ppo_iteration
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Identity of one run of the sweep."""
+
+    task_id: int
+    task_name: str
+    s_only_rate: float
+    rate_index: int
+    seed: int
+
+
+def run_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over the local (or given) devices, axis name 'runs'."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices, ("runs",))
+
+
+def padded_run_count(num_runs: int, mesh: Mesh) -> int:
+    per = mesh.size
+    return -(-num_runs // per) * per
+
+
+def pad_runs(tree, num_runs: int, padded: int):
+    """Repeat the last run so the run axis divides over the devices."""
+    if padded == num_runs:
+        return tree
+    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - num_runs, axis=0)]), tree)
+
+
+def shard_runs(tree, mesh: Mesh):
+    """Place every leaf with its leading (run) axis split over the mesh."""
+    sharding = NamedSharding(mesh, PartitionSpec("runs"))
+    return jax.device_put(tree, sharding)
+
+
+def make_train_chunk(policy: Policy, config: PPOConfig, per_run_reference: bool) -> Callable:
+    """jit(vmap(scan(ppo_iteration))): (states[R], data[R], reference, length) -> (states, metrics[R, length]).
+
+    `length` (iterations in the chunk) is static; a shorter last chunk compiles once more."""
+    reference_axis = 0 if per_run_reference else None
+
+    def train_chunk(states: RunState, data: RunData, reference, length: int):
+        def one_run(state: RunState, run_data: RunData, reference_params):
+            def body(carry: RunState, _):
+                return ppo_iteration(carry, run_data, reference_params, policy, config)
+
+            return jax.lax.scan(body, state, None, length=length)
+
+        return jax.vmap(one_run, in_axes=(0, 0, reference_axis))(states, data, reference)
+
+    return jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,))
+
+
+def make_evaluate(policy: Policy) -> Callable:
+    """jit(vmap(evaluate_partition)) over runs: (params[R], prompts[R,n,P], labels[R,n], keys[R]) -> scores[R]."""
+
+    def evaluate(params, prompts, labels, keys, greedy: bool):
+        return jax.vmap(lambda p, x, y, k: evaluate_partition(policy, p, x, y, k, greedy))(params, prompts, labels, keys)
+
+    return jax.jit(evaluate, static_argnames=("greedy",))
+
+
+@dataclasses.dataclass
+class ChunkReport:
+    iteration: int
+    total_iterations: int
+    seconds: float
+    episodes: int
+    reward_mean: float
+    failed_runs: int
+
+    def line(self) -> str:
+        rate = self.episodes / max(self.seconds, 1e-9)
+        return (
+            f"iteration {self.iteration:>4}/{self.total_iterations}  reward {self.reward_mean:.3f}  "
+            f"{rate:,.0f} episodes/s  failed runs {self.failed_runs}"
+        )
+
+
+def metrics_to_rows(metrics: dict, specs: list[RunSpec], first_iteration: int) -> list[dict]:
+    """Chunk metrics {name: [R_padded, chunk]} -> one row per run × iteration (padding dropped)."""
+    host = {name: np.asarray(value) for name, value in metrics.items()}
+    chunk = next(iter(host.values())).shape[1]
+    rows = []
+    for run_index, spec in enumerate(specs):
+        for step in range(chunk):
+            row = {
+                "task_id": spec.task_id,
+                "task_name": spec.task_name,
+                "s_only_rate": spec.s_only_rate,
+                "seed": spec.seed,
+                "iteration": first_iteration + step,
+            }
+            row.update({name: float(values[run_index, step]) for name, values in sorted(host.items())})
+            rows.append(row)
+    return rows
+
+
+def run_chunks(
+    train_chunk: Callable,
+    states: RunState,
+    data: RunData,
+    reference,
+    *,
+    specs: list[RunSpec],
+    start_iteration: int,
+    total_iterations: int,
+    chunk_iterations: int,
+    episodes_per_iteration: int,
+    on_chunk: Callable[[RunState, list[dict], ChunkReport], None],
+) -> RunState:
+    """Host loop over compiled chunks; `on_chunk` gets the state, the curve rows and a progress report."""
+    iteration = start_iteration
+    while iteration < total_iterations:
+        length = min(chunk_iterations, total_iterations - iteration)
+        started = time.perf_counter()
+        states, metrics = train_chunk(states, data, reference, length=length)
+        jax.block_until_ready(states)
+        seconds = time.perf_counter() - started
+        rows = metrics_to_rows(metrics, specs, iteration)
+        iteration += length
+        rewards = np.asarray(metrics["env/reward_mean"])[: len(specs), -1]
+        failed = int(np.asarray(states.failed)[: len(specs)].sum())
+        for row in rows:
+            row["time/episodes_per_s"] = episodes_per_iteration * length * len(specs) / max(seconds, 1e-9)
+        report = ChunkReport(
+            iteration=iteration,
+            total_iterations=total_iterations,
+            seconds=seconds,
+            episodes=episodes_per_iteration * length * len(specs),
+            reward_mean=float(rewards.mean()),
+            failed_runs=failed,
+        )
+        on_chunk(states, rows, report)
+    return states

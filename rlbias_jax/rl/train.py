@@ -1,0 +1,164 @@
+"""One PPO iteration of one run: sample prompts, roll out, score, compute advantages, update.
+
+Everything here is a pure function of explicit state and keys; `rlbias_jax.rl.sweep`
+vmaps it over runs and scans it over iterations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlbias_jax.config import PPOConfig
+from rlbias_jax.models.sampling import SamplingConfig, generate
+from rlbias_jax.rl.gae import masked_gae, whiten
+from rlbias_jax.rl.kl import adaptive_kl_update, kl_per_token
+from rlbias_jax.rl.ppo import Episodes, TrainState, masked_mean, ppo_update, response_statistics
+
+# score(responses int32[B, N], mask bool[B, N], labels int32[B], prompts int32[B, P]) -> float32[B]
+ScoreFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class RunState:
+    """Everything that changes during one run's training (a leading run axis in sweeps)."""
+
+    train: TrainState
+    key: jax.Array
+    kl_coef: jax.Array  # float32[]
+    iteration: jax.Array  # int32[]
+    failed: jax.Array  # bool[]: a NaN/inf was seen; the run is frozen from then on
+    failed_iteration: jax.Array  # int32[], -1 when healthy
+
+
+@flax.struct.dataclass
+class RunData:
+    """A run's fixed training set (prompts and labels)."""
+
+    prompts: jax.Array  # int32[N, P]
+    labels: jax.Array  # int32[N]
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The static pieces an iteration needs: how to apply the model and how to score."""
+
+    apply_fn: Callable  # (params, tokens, positions, mask, cache) -> PolicyOutput
+    init_cache: Callable  # (batch, max_len) -> KVCache
+    score_fn: ScoreFn
+    sampling: SamplingConfig
+    optimizer: optax.GradientTransformation
+
+
+def init_run_state(params, optimizer: optax.GradientTransformation, key: jax.Array, kl_coef: float) -> RunState:
+    return RunState(
+        train=TrainState(params=params, opt_state=optimizer.init(params)),
+        key=key,
+        kl_coef=jnp.float32(kl_coef),
+        iteration=jnp.int32(0),
+        failed=jnp.bool_(False),
+        failed_iteration=jnp.int32(-1),
+    )
+
+
+def rollout(policy: Policy, params, prompts: jax.Array, key: jax.Array):
+    """Sample responses for full-length prompts; returns (tokens [B, P+N], response, mask)."""
+    batch, prompt_len = prompts.shape
+    steps = policy.sampling.max_new_tokens
+    cache = policy.init_cache(batch, prompt_len + steps)
+    prompt_mask = jnp.ones(prompts.shape, bool)
+    generation = generate(policy.apply_fn, params, prompts, prompt_mask, key, policy.sampling, cache)
+    tokens = jnp.concatenate([prompts, generation.tokens], axis=1)
+    return tokens, generation.tokens, generation.mask
+
+
+def per_token_rewards(scores: jax.Array, kl: jax.Array, mask: jax.Array, kl_coef: jax.Array) -> jax.Array:
+    """r_t = −β·KL_t on valid tokens, plus the score at the last valid token. [B, N]."""
+    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
+    rewards = -kl_coef * kl * mask
+    return rewards.at[jnp.arange(scores.shape[0]), last].add(scores)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def ppo_iteration(
+    state: RunState,
+    data: RunData,
+    reference_params,
+    policy: Policy,
+    config: PPOConfig,
+) -> tuple[RunState, dict]:
+    """One PPO iteration. `reference_params` may be None when config.kl_coef == 0."""
+    key, data_key, sample_key, update_key = jax.random.split(state.key, 4)
+    params = state.train.params
+    batch = config.episodes_per_iteration
+
+    # COLLECT EPISODES (with replacement from the fixed training set)
+    index = jax.random.randint(data_key, (batch,), 0, data.prompts.shape[0])
+    prompts, labels = data.prompts[index], data.labels[index]
+    tokens, response, mask = rollout(policy, params, prompts, sample_key)
+    scores = policy.score_fn(response, mask, labels, prompts)
+
+    # TEACHER-FORCED OLD LOG-PROBS AND VALUES (first epoch ratio is exactly 1)
+    logprobs, values, _ = response_statistics(policy.apply_fn, params, tokens, config.response_len, config.temperature)
+    if config.kl_coef > 0:
+        ref_logprobs, _, _ = response_statistics(policy.apply_fn, reference_params, tokens, config.response_len, config.temperature)
+        kl = kl_per_token(logprobs, ref_logprobs, config.kl_estimator) * mask
+    else:
+        kl = jnp.zeros_like(logprobs)
+    values = values * mask
+
+    # ADVANTAGES
+    rewards = per_token_rewards(scores, kl, mask, state.kl_coef)
+    advantages = jax.vmap(masked_gae, in_axes=(0, 0, 0, None, None))(rewards, values, mask, config.gamma, config.gae_lambda)
+    returns = advantages + values
+    if config.normalize_advantages:
+        advantages = whiten(advantages, mask)
+    episodes = Episodes(tokens=tokens, response_mask=mask, logprobs=logprobs, values=values, advantages=advantages, returns=returns)
+
+    # UPDATE
+    new_train, stats = ppo_update(state.train, episodes, update_key, policy.apply_fn, policy.optimizer, config)
+    mean_kl = (kl * mask).sum(axis=1).mean()
+    kl_coef = state.kl_coef
+    if config.adaptive_kl and config.kl_coef > 0:
+        kl_coef = adaptive_kl_update(kl_coef, mean_kl, config.kl_target, config.kl_horizon, batch)
+
+    # FAULT ISOLATION: a non-finite loss or parameter freezes this run, not the batch
+    healthy = jnp.isfinite(stats["loss/total"]) & _all_finite(new_train.params)
+    newly_failed = ~state.failed & ~healthy
+    keep_old = state.failed | newly_failed
+    train = jax.tree.map(lambda old, new: jnp.where(keep_old, old, new), state.train, new_train)
+    new_state = RunState(
+        train=train,
+        key=key,
+        kl_coef=jnp.where(keep_old, state.kl_coef, kl_coef),
+        iteration=state.iteration + 1,
+        failed=state.failed | newly_failed,
+        failed_iteration=jnp.where(newly_failed, state.iteration, state.failed_iteration),
+    )
+    stats.update({
+        "env/reward_mean": scores.mean(),
+        "env/reward_std": scores.std(),
+        "objective/kl": mean_kl,
+        "objective/kl_coef": state.kl_coef,
+        "returns/mean": masked_mean(returns, mask),
+        "response/length": mask.sum(axis=1).mean(),
+    })
+    return new_state, stats
+
+
+def evaluate_partition(policy: Policy, params, prompts: jax.Array, labels: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
+    """Mean score of the policy on one test partition (float32[])."""
+    sampling = dataclasses.replace(policy.sampling, greedy=greedy)
+    batch, prompt_len = prompts.shape
+    cache = policy.init_cache(batch, prompt_len + sampling.max_new_tokens)
+    generation = generate(policy.apply_fn, params, prompts, jnp.ones(prompts.shape, bool), key, sampling, cache)
+    return policy.score_fn(generation.tokens, generation.mask, labels, prompts).mean()
