@@ -1,0 +1,312 @@
+"""Relative extractability of each task's target feature: MDL(s) / MDL(t) (SPEC §5).
+
+`measure_extractability(config, key)` builds, per toy task, the two probing sets
+(t-probe: both = 1 vs s-only = 0; s-probe: s-only = 1 vs neither = 0) of
+`config.probe.probe_size` label-balanced examples each, and runs the online code
+of both probes × all probe seeds (× all layers in frozen mode) as one compiled
+program. Probe seeds give mean ± SEM; the ratio's SEM is propagated to first
+order. The result holds the rows of `extractability.csv`, `mdl.csv` and
+`mdl_blocks.csv` (docs/run_directory.md).
+
+Probe modes (config.probe.mode):
+
+- "finetune": the SPEC §5 toy encoder, freshly initialised for every block.
+- "policy": the RL policy's architecture, GPT-2 with vocabulary V + 2 (PAD/EOS = V,
+  UNK = V + 1), read out at the last position; each probe seed is a fresh random
+  initialisation of it, as the RL policy is.
+- "frozen": linear or MLP probes on the last-position hidden state of every layer
+  (embeddings = layer 0) of a frozen model. The toy experiment probes the randomly
+  initialised policy (one random initialisation per probe seed) — what RL
+  fine-tuning starts from. `frozen_lanes` works for any LM that returns
+  `layer_hidden`, so the NL experiment can pass a pretrained one.
+
+Keys: `fold_in(key, task_id)` per task, then one key each for the probing sets,
+the block orders, the initialisations and the training. Within a seed, the s- and
+t-probes share the initialisation, so that both features are measured on the same
+model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlbias_jax.config import Config
+from rlbias_jax.models.gpt2 import GPT2, GPT2Config
+from rlbias_jax.probing.blocks import balanced_order, block_ends, block_starts
+from rlbias_jax.probing.online_code import Lanes, OnlineCode, Schedule
+from rlbias_jax.probing.probes import ProbeModel, finetune_probe, frozen_probe, layer_features, policy_probe
+from rlbias_jax.tasks import toy
+
+PROBE_MODES = ("finetune", "policy", "frozen")
+PROBES = ("s", "t")
+# (label 1, label 0) partitions of each probing set.
+PROBE_PARTITIONS = {"s": ("s_only", "neither"), "t": ("both", "s_only")}
+
+EXTRACTABILITY_COLUMNS = [
+    "task_id", "task_name", "probe_mode", "layer", "mdl_s_bits", "mdl_s_sem", "mdl_t_bits", "mdl_t_sem",
+    "relative_extractability", "relative_extractability_sem", "compression_s", "compression_t",
+    "accuracy_s", "accuracy_t", "uniform_bits", "n_seeds",
+]
+MDL_COLUMNS = [
+    "task_id", "task_name", "probe_mode", "layer", "probe", "probe_seed", "mdl_bits", "uniform_bits", "compression", "accuracy",
+]
+BLOCK_COLUMNS = [
+    "task_id", "task_name", "probe_mode", "layer", "probe", "probe_seed", "block", "block_start", "block_end", "codelength_bits",
+]
+
+
+@dataclasses.dataclass
+class ExtractabilityResult:
+    """Rows of the three probing tables (exactly the columns of docs/run_directory.md)."""
+
+    extractability_rows: list[dict] = dataclasses.field(default_factory=list)
+    mdl_rows: list[dict] = dataclasses.field(default_factory=list)
+    block_rows: list[dict] = dataclasses.field(default_factory=list)
+    wall_time_s: dict[int, float] = dataclasses.field(default_factory=dict)  # per task, compilation included
+
+    def write(self, run_dir: Path) -> None:
+        """Write extractability.csv, mdl.csv and mdl_blocks.csv atomically (temporary file + rename)."""
+        from rlbias_jax.runs import atomic_write_csv
+
+        run_dir = Path(run_dir)
+        atomic_write_csv(run_dir / "extractability.csv", self.extractability_rows, EXTRACTABILITY_COLUMNS)
+        atomic_write_csv(run_dir / "mdl.csv", self.mdl_rows, MDL_COLUMNS)
+        atomic_write_csv(run_dir / "mdl_blocks.csv", self.block_rows, BLOCK_COLUMNS)
+
+
+# STATISTICS
+
+
+def mean_and_sem(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (ddof = 1; NaN for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    sem = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(np.mean(values)), sem
+
+
+def relative_extractability(mdl_s, mdl_t) -> tuple[float, float]:
+    """MDL(s) / MDL(t) of the seed means, and its SEM by first-order error propagation
+    (independent errors): σ_R = R · sqrt((σ_s / s)² + (σ_t / t)²)."""
+    mean_s, sem_s = mean_and_sem(mdl_s)
+    mean_t, sem_t = mean_and_sem(mdl_t)
+    ratio = mean_s / mean_t
+    return ratio, ratio * math.sqrt((sem_s / mean_s) ** 2 + (sem_t / mean_t) ** 2)
+
+
+# PROBING SETS
+
+
+def probing_set(key: jax.Array, task_id: int, probe: str, size: int, vocab_size: int, seq_len: int):
+    """The s- or t-probing set of a toy task: tokens int32[size, seq_len], labels int32[size].
+
+    size // 2 positives (label 1) then the rest negatives; `balanced_order` shuffles.
+    """
+    positive, negative = PROBE_PARTITIONS[probe]
+    num_positive = size // 2
+    tokens = jnp.concatenate([
+        toy.sample_partition(jax.random.fold_in(key, 1), task_id, positive, num_positive, vocab_size, seq_len),
+        toy.sample_partition(jax.random.fold_in(key, 0), task_id, negative, size - num_positive, vocab_size, seq_len),
+    ])
+    labels = jnp.concatenate([jnp.ones(num_positive, jnp.int32), jnp.zeros(size - num_positive, jnp.int32)])
+    return tokens, labels
+
+
+# LANES: ONE PROBE RUN PER (PROBE, SEED[, LAYER])
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneInfo:
+    probe: str
+    seed: int
+    layer: int  # -1 unless frozen
+
+
+def _lanes(keys: dict, labels: np.ndarray, infos: list[LaneInfo], data_index: list[int], init_index: list[int]) -> Lanes:
+    orders = [balanced_order(jax.random.fold_in(keys["order"], i), labels[d]) for i, d in enumerate(data_index)]
+    return Lanes(
+        data_index=jnp.asarray(data_index, jnp.int32),
+        order=jnp.asarray(np.stack(orders)),
+        init_key=jnp.stack([jax.random.fold_in(keys["init"], i) for i in init_index]),
+        train_key=jnp.stack([jax.random.fold_in(keys["train"], i) for i in range(len(infos))]),
+    )
+
+
+def model_lanes(keys: dict, tokens: jax.Array, labels: jax.Array, seeds: int):
+    """Finetune/policy modes: inputs [2, N, T] (s, t); one lane per (seed, probe)."""
+    infos = [LaneInfo(probe, seed, -1) for seed in range(seeds) for probe in PROBES]
+    data_index = [PROBES.index(info.probe) for info in infos]
+    return tokens, labels, infos, _lanes(keys, np.asarray(labels), infos, data_index, [info.seed for info in infos])
+
+
+def frozen_lanes(keys: dict, tokens: jax.Array, labels: jax.Array, seeds: int, features_fn: Callable[[int, jax.Array], jax.Array]):
+    """Frozen mode: features_fn(seed, tokens[N, T]) -> [L + 1, N, D] from the seed's frozen model.
+
+    inputs [seeds · 2 · (L + 1), N, D]; one lane per (seed, probe, layer); lanes of the same
+    (seed, layer) share the probe initialisation.
+    """
+    features, feature_labels, infos, data_index, init_index = [], [], [], [], []
+    for seed in range(seeds):
+        for p, probe in enumerate(PROBES):
+            layers = features_fn(seed, tokens[p])
+            for layer in range(layers.shape[0]):
+                data_index.append(len(features))
+                features.append(layers[layer])
+                feature_labels.append(labels[p])
+                infos.append(LaneInfo(probe, seed, layer))
+                init_index.append(seed * layers.shape[0] + layer)
+    inputs, all_labels = jnp.stack(features), jnp.stack(feature_labels)
+    return inputs, all_labels, infos, _lanes(keys, np.asarray(all_labels), infos, data_index, init_index)
+
+
+# ONE TASK
+
+
+def toy_policy_config(config: Config) -> GPT2Config:
+    """The RL policy's GPT-2 (vocabulary V + 2: PAD/EOS = V, UNK = V + 1)."""
+    return GPT2Config(
+        vocab_size=config.task.vocab_size + 2,
+        n_layer=config.model.n_layer,
+        n_head=config.model.n_head,
+        d_model=config.model.d_model,
+        max_len=config.model.max_len,
+        dtype=config.model.dtype,
+        param_dtype=config.model.param_dtype,
+    )
+
+
+def make_schedule(config: Config) -> Schedule:
+    probe = config.probe
+    return Schedule(
+        kind=probe.schedule,
+        batch_size=probe.batch_size,
+        epochs_per_block=probe.epochs_per_block,
+        steps_per_block=probe.steps_per_block,
+        learning_rate=probe.learning_rate,
+        weight_decay=probe.weight_decay,
+        eval_batch_size=probe.eval_batch_size,
+    )
+
+
+def make_probe(config: Config) -> ProbeModel:
+    probe, seq_len = config.probe, config.task.seq_len
+    if probe.mode == "finetune":
+        return finetune_probe(
+            config.task.vocab_size + 2, seq_len, width=probe.encoder_width, heads=probe.encoder_heads,
+            ff=probe.encoder_ff, layers=probe.encoder_layers, dropout=probe.dropout, head_dropout=probe.head_dropout,
+        )
+    if probe.mode == "policy":
+        return policy_probe(toy_policy_config(config), seq_len)
+    if probe.mode == "frozen":
+        return frozen_probe(config.model.d_model, kind=probe.frozen_head, hidden=probe.frozen_mlp_width)
+    raise ValueError(f"unknown probe mode {probe.mode!r}; known: {', '.join(PROBE_MODES)}")
+
+
+def _random_policy_features(config: Config, key: jax.Array) -> Callable[[int, jax.Array], jax.Array]:
+    lm = GPT2(toy_policy_config(config))
+    dummy = jnp.zeros((1, config.task.seq_len), jnp.int32)
+
+    def features(seed, tokens):
+        params = lm.init(jax.random.fold_in(key, seed), dummy)
+        return layer_features(lambda p, x, **kw: lm.apply(p, x, **kw), params, tokens)
+
+    return features
+
+
+def _task_rows(task_id: int, mode: str, infos: list[LaneInfo], code: OnlineCode, output) -> tuple[list, list, list]:
+    codelengths = code.codelengths(output)
+    accuracies = code.final_accuracies(output)
+    base = {"task_id": task_id, "task_name": toy.TASK_NAMES[task_id], "probe_mode": mode}
+    starts = block_starts(code.ends)
+    mdl_rows, block_rows = [], []
+    for info, codelength, accuracy in zip(infos, codelengths, accuracies):
+        keys = {**base, "layer": info.layer, "probe": info.probe, "probe_seed": info.seed}
+        mdl_rows.append({**keys, "mdl_bits": codelength.mdl_bits, "uniform_bits": codelength.uniform_bits,
+                         "compression": codelength.compression, "accuracy": float(accuracy)})
+        for block, bits in enumerate(codelength.block_bits):
+            block_rows.append({**keys, "block": block, "block_start": int(starts[block]),
+                               "block_end": int(code.ends[block]), "codelength_bits": float(bits)})
+    summary = [_summary_row(base, layer, [r for r in mdl_rows if r["layer"] == layer])
+               for layer in sorted({info.layer for info in infos})]
+    if mode == "frozen":
+        summary.append(_best_layer_row(base, summary))
+    return summary, mdl_rows, block_rows
+
+
+def _summary_row(base: dict, layer: int, rows: list[dict]) -> dict:
+    mdl = {probe: [r["mdl_bits"] for r in rows if r["probe"] == probe] for probe in PROBES}
+    accuracy = {probe: float(np.mean([r["accuracy"] for r in rows if r["probe"] == probe])) for probe in PROBES}
+    uniform = rows[0]["uniform_bits"]
+    (mean_s, sem_s), (mean_t, sem_t) = mean_and_sem(mdl["s"]), mean_and_sem(mdl["t"])
+    ratio, ratio_sem = relative_extractability(mdl["s"], mdl["t"])
+    return {**base, "layer": layer, "mdl_s_bits": mean_s, "mdl_s_sem": sem_s, "mdl_t_bits": mean_t, "mdl_t_sem": sem_t,
+            "relative_extractability": ratio, "relative_extractability_sem": ratio_sem,
+            "compression_s": uniform / mean_s, "compression_t": uniform / mean_t,
+            "accuracy_s": accuracy["s"], "accuracy_t": accuracy["t"], "uniform_bits": uniform,
+            "n_seeds": len(mdl["s"])}
+
+
+def _best_layer_row(base: dict, per_layer: list[dict]) -> dict:
+    """layer = -1: each feature at its most extractable layer (lowest mean MDL)."""
+    best = {probe: min(per_layer, key=lambda row: row[f"mdl_{probe}_bits"]) for probe in PROBES}
+    row = {**base, "layer": -1, "uniform_bits": per_layer[0]["uniform_bits"], "n_seeds": per_layer[0]["n_seeds"]}
+    for probe in PROBES:
+        for column in (f"mdl_{probe}_bits", f"mdl_{probe}_sem", f"compression_{probe}", f"accuracy_{probe}"):
+            row[column] = best[probe][column]
+    ratio = row["mdl_s_bits"] / row["mdl_t_bits"]
+    row["relative_extractability"] = ratio
+    row["relative_extractability_sem"] = ratio * math.sqrt(
+        (row["mdl_s_sem"] / row["mdl_s_bits"]) ** 2 + (row["mdl_t_sem"] / row["mdl_t_bits"]) ** 2
+    )
+    return {column: row[column] for column in EXTRACTABILITY_COLUMNS}
+
+
+# PUBLIC ENTRY POINT
+
+
+def measure_extractability(
+    config: Config, key: jax.Array, *, progress: Callable[[str], None] = print
+) -> ExtractabilityResult:
+    """MDL of the s- and t-probes and their ratio for every task of `config` (toy experiment)."""
+    config.validate()
+    if config.run.experiment != "toy":
+        raise NotImplementedError("extractability for the natural-language experiment is not implemented yet")
+    mode = config.probe.mode
+    if mode not in PROBE_MODES:
+        raise ValueError(f"unknown probe mode {mode!r}; known: {', '.join(PROBE_MODES)}")
+    ends = block_ends(config.probe.probe_size)
+    code = OnlineCode(make_probe(config), make_schedule(config), ends, vectorize=config.probe.vectorize)
+    result = ExtractabilityResult()
+    for task_id in config.task.task_ids:
+        started = time.perf_counter()
+        task_key = jax.random.fold_in(key, task_id)
+        data_key, order_key, init_key, train_key, model_key = jax.random.split(task_key, 5)
+        keys = {"order": order_key, "init": init_key, "train": train_key}
+        sets = [probing_set(jax.random.fold_in(data_key, p), task_id, probe, config.probe.probe_size,
+                            config.task.vocab_size, config.task.seq_len) for p, probe in enumerate(PROBES)]
+        tokens, labels = jnp.stack([s[0] for s in sets]), jnp.stack([s[1] for s in sets])
+        if mode == "frozen":
+            features_fn = _random_policy_features(config, model_key)
+            inputs, labels, infos, lanes = frozen_lanes(keys, tokens, labels, config.probe.seeds, features_fn)
+        else:
+            inputs, labels, infos, lanes = model_lanes(keys, tokens, labels, config.probe.seeds)
+        output = jax.block_until_ready(code(inputs, labels, lanes))
+        summary, mdl_rows, block_rows = _task_rows(task_id, mode, infos, code, output)
+        result.extractability_rows += summary
+        result.mdl_rows += mdl_rows
+        result.block_rows += block_rows
+        result.wall_time_s[task_id] = time.perf_counter() - started
+        headline = summary[-1]
+        progress(
+            f"  task {task_id} {toy.TASK_NAMES[task_id]}: MDL(s) = {headline['mdl_s_bits']:.1f}, "
+            f"MDL(t) = {headline['mdl_t_bits']:.1f} bits, ratio {headline['relative_extractability']:.3f} "
+            f"± {headline['relative_extractability_sem']:.3f} ({len(infos)} probe runs, {result.wall_time_s[task_id]:.1f} s)"
+        )
+    return result
