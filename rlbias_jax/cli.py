@@ -86,6 +86,12 @@ def _user_errors() -> tuple[type, ...]:
         errors.append(ModelLoadError)
     except ImportError:
         pass
+    try:
+        from rlbias_jax.tasks.corpus import NLDataError
+
+        errors.append(NLDataError)
+    except ImportError:
+        pass
     return tuple(errors)
 
 

@@ -59,6 +59,10 @@ class TaskConfig:
     test_size_neither: int = 500
     test_size_s_only: int = 500
     test_size_t_only: int = 500
+    # NL only (SPEC §6): the text corpus ("vader_movie_reviews" bundled, "imdb" from the local
+    # HF cache, or a text file path, one text per line) and the prompt length in policy tokens.
+    corpus: str = "vader_movie_reviews"
+    prompt_len: int = 16
 
     def validate(self, experiment: str) -> None:
         allowed = TOY_TASK_IDS if experiment == "toy" else NL_TASK_IDS
@@ -92,16 +96,23 @@ class ModelConfig:
     max_len: int = 32
     dtype: Literal["float32", "bfloat16"] = "float32"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
+    # NL only: 0 = fine-tune every weight (the paper); k > 0 = only the top k blocks, the final
+    # norm and the value head train (embeddings and lower blocks frozen and shared by all runs).
+    trainable_layers: int = 0
 
     def validate(self) -> None:
         _positive(self, "model", "n_layer", "n_head", "d_model", "max_len")
+        _require(self.trainable_layers >= 0, "model.trainable_layers", "must be >= 0 (0 = all)")
         _require(self.d_model % self.n_head == 0, "model.d_model", f"({self.d_model}) must be divisible by model.n_head ({self.n_head})")
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
-    # "ascending": ordered-digits reward of SPEC §4; "threshold": the one-token variant.
-    kind: Literal["ascending", "threshold"] = "ascending"
+    # toy: "ascending" (ordered digits, SPEC §4) or "threshold" (the one-token variant);
+    # NL: "classifier" (± positive logit of `model`, SPEC §6) or "vader_lexicon" (offline, jittable).
+    kind: Literal["ascending", "threshold", "classifier", "vader_lexicon"] = "ascending"
+    model: str = "lvwerra/distilbert-imdb"  # classifier reward: a local HF folder or a cached repo id
+    max_len: int = 128  # classifier reward: its tokens per prompt + response (longer texts truncated)
 
     def validate(self) -> None:
         pass
@@ -251,7 +262,20 @@ class Config:
         if self.run.experiment == "toy":
             needed = self.task.seq_len + self.ppo.response_len
             _require(self.model.max_len >= needed, "model.max_len", f"({self.model.max_len}) must be >= task.seq_len + ppo.response_len ({needed})")
+            _require(self.reward.kind in ("ascending", "threshold"), "reward.kind", f"{self.reward.kind!r} is an NL reward; the toy experiment uses ascending or threshold")
+        else:
+            self._validate_nl()
         return self
+
+    def _validate_nl(self) -> None:
+        _require(self.reward.kind in ("classifier", "vader_lexicon"), "reward.kind",
+                 f"{self.reward.kind!r} is a toy reward; the NL experiment uses classifier or vader_lexicon")
+        _require(self.model.source != "random", "model.source", "the NL experiment needs a pretrained model with a tokenizer (e.g. \"smollm2\")")
+        _require(bool(self.task.corpus), "task.corpus", "must name a corpus")
+        _require(self.task.prompt_len >= 4, "task.prompt_len", f"must be >= 4 tokens (got {self.task.prompt_len})")
+        _require(self.reward.max_len >= 8, "reward.max_len", f"must be >= 8 (got {self.reward.max_len})")
+        if self.run.probe:
+            _require(self.probe.probe_size >= 22, "probe.probe_size", f"must be >= 22 for the NL tasks (got {self.probe.probe_size})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

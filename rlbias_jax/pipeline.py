@@ -76,6 +76,12 @@ def _toml_ready(value):
 def run_probe_phase(config: Config, run_dir: Path, manifest: dict, progress: Progress) -> None:
     from rlbias_jax.probing import measure_extractability
 
+    if config.run.experiment == "nl":
+        from rlbias_jax import nl_experiment
+
+        nl_experiment.run_probe_phase(config, run_dir, manifest, progress, *nl_experiment.prepare(config, progress))
+        return
+
     if (run_dir / "extractability.csv").is_file():
         progress("extractability: already measured, skipping (resume)")
         return
@@ -177,14 +183,18 @@ def summary_lines(results: list[dict]) -> list[str]:
 
 def run_experiment(config: Config, *, resume: bool = False, overwrite: bool = False, out_dir: str | None = None,
                    probe: bool | None = None, report: bool | None = None, progress: Progress = default_progress) -> RunOutcome:
-    if config.run.experiment != "toy":
-        raise NotImplementedError("the natural-language experiment is not implemented yet")
     wall_started = time.perf_counter()
     run_dir, manifest = start_run(config, resume=resume, overwrite=overwrite, out_dir=out_dir)
     progress(f"run directory: {run_dir}")
-    if config.run.probe if probe is None else probe:
-        run_probe_phase(config, run_dir, manifest, progress)
-    results = run_toy_sweep(config, run_dir, manifest, progress, resume)
+    if config.run.experiment == "nl":
+        from rlbias_jax import nl_experiment
+
+        results = nl_experiment.run(config, run_dir, manifest, progress, resume=resume,
+                                    probe=config.run.probe if probe is None else probe)
+    else:
+        if config.run.probe if probe is None else probe:
+            run_probe_phase(config, run_dir, manifest, progress)
+        results = run_toy_sweep(config, run_dir, manifest, progress, resume)
     manifest["status"] = "complete"
     manifest["finished_at"] = now_iso()
     manifest["wall_time_s"] = round(time.perf_counter() - wall_started, 2)  # of this invocation (a resumed run: since resuming)

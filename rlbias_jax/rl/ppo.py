@@ -28,6 +28,9 @@ class Episodes:
     values: jax.Array  # float32[B, N]: old values
     advantages: jax.Array  # float32[B, N]
     returns: jax.Array  # float32[B, N]
+    # What the loss's model reads instead of `tokens` (e.g. cached features of a frozen trunk,
+    # [B, P + N, ...]); None = the tokens themselves.
+    inputs: object = None
 
 
 @flax.struct.dataclass
@@ -48,12 +51,13 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_len: int, temperature: float):
+def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_len: int, temperature: float, inputs=None):
     """Teacher-forced pass: log-probs of the response tokens, values and entropies, each [B, N].
 
     The position P−1+i emits response token i, so its logits and value belong to token i.
+    `apply_fn` reads `inputs` when given (e.g. cached trunk features), else the tokens.
     """
-    out = apply_fn(params, tokens, None, None, None)
+    out = apply_fn(params, tokens if inputs is None else inputs, None, None, None)
     prompt_len = tokens.shape[1] - response_len
     logits = out.logits[:, prompt_len - 1 : -1] / temperature
     values = out.values[:, prompt_len - 1 : -1]
@@ -67,7 +71,7 @@ def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_
 def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig):
     """Clipped policy loss + (optionally clipped) value loss − entropy bonus, with TRL's statistics."""
     response_len = batch.response_mask.shape[1]
-    logprobs, values, entropy = response_statistics(apply_fn, params, batch.tokens, response_len, config.temperature)
+    logprobs, values, entropy = response_statistics(apply_fn, params, batch.tokens, response_len, config.temperature, batch.inputs)
     mask = batch.response_mask
 
     log_ratio = logprobs - batch.logprobs

@@ -53,6 +53,11 @@ class Policy:
     score_fn: ScoreFn
     sampling: SamplingConfig
     optimizer: optax.GradientTransformation
+    # Optional split of the teacher-forced passes (old log-probs, reference, PPO loss) for a
+    # partly frozen model: features_fn(tokens) runs the frozen trunk once per iteration and
+    # teacher_fn(params, features, ...) the trainable rest. None = apply_fn on the tokens.
+    features_fn: Callable | None = None
+    teacher_fn: Callable | None = None
 
 
 def init_run_state(params, optimizer: optax.GradientTransformation, key: jax.Array, kl_coef: float) -> RunState:
@@ -108,9 +113,11 @@ def ppo_iteration(
     scores = policy.score_fn(response, mask, labels, prompts)
 
     # TEACHER-FORCED OLD LOG-PROBS AND VALUES (first epoch ratio is exactly 1)
-    logprobs, values, _ = response_statistics(policy.apply_fn, params, tokens, config.response_len, config.temperature)
+    inputs = None if policy.features_fn is None else jax.lax.stop_gradient(policy.features_fn(tokens))
+    teacher_fn = policy.apply_fn if policy.teacher_fn is None else policy.teacher_fn
+    logprobs, values, _ = response_statistics(teacher_fn, params, tokens, config.response_len, config.temperature, inputs)
     if config.kl_coef > 0:
-        ref_logprobs, _, _ = response_statistics(policy.apply_fn, reference_params, tokens, config.response_len, config.temperature)
+        ref_logprobs, _, _ = response_statistics(teacher_fn, reference_params, tokens, config.response_len, config.temperature, inputs)
         kl = kl_per_token(logprobs, ref_logprobs, config.kl_estimator) * mask
     else:
         kl = jnp.zeros_like(logprobs)
@@ -122,10 +129,11 @@ def ppo_iteration(
     returns = advantages + values
     if config.normalize_advantages:
         advantages = whiten(advantages, mask)
-    episodes = Episodes(tokens=tokens, response_mask=mask, logprobs=logprobs, values=values, advantages=advantages, returns=returns)
+    episodes = Episodes(tokens=tokens, response_mask=mask, logprobs=logprobs, values=values, advantages=advantages,
+                        returns=returns, inputs=inputs)
 
     # UPDATE
-    new_train, stats = ppo_update(state.train, episodes, update_key, policy.apply_fn, policy.optimizer, config)
+    new_train, stats = ppo_update(state.train, episodes, update_key, teacher_fn, policy.optimizer, config)
     mean_kl = (kl * mask).sum(axis=1).mean()
     kl_coef = state.kl_coef
     if config.adaptive_kl and config.kl_coef > 0:
