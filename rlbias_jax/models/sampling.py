@@ -1,7 +1,7 @@
 """One KV-cache sampler for every causal LM of the package.
 
 `generate` prefills the (left-padded) prompt once, then samples `max_new_tokens`
-tokens in a `lax.scan`, one cached forward step each. Each row has its own PRNG
+tokens in a `lax.scan`, one cached forward step each (none after the last token). Each row has its own PRNG
 stream (`fold_in(row_key, step)`), so a row's sample does not depend on the batch
 it is in. After a row emits EOS it emits PAD and its mask is false.
 
@@ -98,7 +98,7 @@ def generate(
         position: jax.Array  # [B] position of the next token
         done: jax.Array  # [B] bool: EOS already emitted
 
-    def step(carry: Carry, step_index):
+    def choose(carry: Carry, step_index):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step_index)
         token = choose_tokens(carry.logits, step_keys, config)
         valid = ~carry.done
@@ -106,6 +106,10 @@ def generate(
         done = carry.done
         if config.eos_id is not None:
             done = done | (token == config.eos_id)
+        return token, valid, done
+
+    def step(carry: Carry, step_index):
+        token, valid, done = choose(carry, step_index)
         out = apply_fn(params, token[:, None], carry.position[:, None], key_mask, carry.cache)
         next_carry = Carry(cache=out.cache, logits=out.logits[:, -1], position=carry.position + 1, done=done)
         return next_carry, (token, valid)
@@ -116,8 +120,12 @@ def generate(
         position=positions[:, -1] + 1,
         done=jnp.zeros((batch,), bool),
     )
-    _, (tokens, mask) = jax.lax.scan(step, initial, jnp.arange(steps))
-    return Generation(tokens=tokens.T, mask=mask.T)
+    # the last token needs no forward pass after it
+    final, (tokens, mask) = jax.lax.scan(step, initial, jnp.arange(steps - 1))
+    last_token, last_valid, _ = choose(final, steps - 1)
+    tokens = jnp.concatenate([tokens.T, last_token[:, None]], axis=1)
+    mask = jnp.concatenate([mask.T, last_valid[:, None]], axis=1)
+    return Generation(tokens=tokens, mask=mask)
 
 
 def generate_reference(apply_fn: ApplyFn, params, prompt, prompt_mask, key, config: SamplingConfig) -> Generation:
