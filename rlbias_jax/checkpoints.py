@@ -1,24 +1,43 @@
-"""Orbax checkpoints of a sweep's state between chunks (keep the last K).
+"""Orbax checkpoints of a sweep's state between chunks: keep the last K, step- or time-based.
 
-The state pytree (parameters, optimiser state, PRNG keys, KL coefficients,
-iteration counters, fault flags) is saved as-is, with typed PRNG keys stored as
-their raw key data. Restoring tries the newest checkpoint first and falls back
-to older ones if a checkpoint is truncated or corrupt.
+A checkpoint holds the whole state pytree — parameters, optimiser state, PRNG keys
+(which are also the data position: prompts are drawn with them from the fixed
+training set), KL coefficients, iteration counters and fault flags — with typed
+keys stored as raw key data, plus a small JSON record: the step, the number of
+real (unpadded) runs and a SHA-256 digest of every leaf.
+
+Orbax writes a checkpoint into a temporary folder and renames it when complete,
+so a kill during a save leaves no half checkpoint under a step number. Restoring
+reads the newest checkpoint into host memory, checks the digests, and falls back
+to older checkpoints when one is truncated or corrupt (moving it aside to
+`checkpoints.corrupt/`). The real runs are then re-padded and placed like the
+current state, so a sweep can resume on a different number of devices.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
+import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from rlbias_jax import distributed
+
+FORMAT = 2  # of the JSON record; checkpoints without it (or older) are not read
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint."""
+    """No usable checkpoint (a user-facing, one-line message)."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """One checkpoint is unreadable or fails its digest check."""
 
 
 def _is_key(x) -> bool:
@@ -33,40 +52,147 @@ def data_to_keys(tree, like):
     return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like)
 
 
-class SweepCheckpoints:
-    """A directory of step-numbered checkpoints of one sweep's state."""
+def leaf_digests(host_tree) -> list[str]:
+    """SHA-256 of every leaf's dtype, shape and bytes, in tree order."""
+    digests = []
+    for leaf in jax.tree.leaves(host_tree):
+        array = np.ascontiguousarray(leaf)
+        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+        digests.append(digest.hexdigest())
+    return digests
 
-    def __init__(self, directory: Path, keep: int):
+
+def _pad_host(x: np.ndarray, num_runs: int, padded: int) -> np.ndarray:
+    """The first `num_runs` runs, then the last of them repeated up to `padded` (as sweep.pad_runs)."""
+    x = x[:num_runs]
+    if padded == num_runs:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], padded - num_runs, axis=0)])
+
+
+def _place_like(host: np.ndarray, ref):
+    """A device array with the shape, dtype and sharding of `ref`, from the host array every process holds."""
+    sharding = getattr(ref, "sharding", None)
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+class SweepCheckpoints:
+    """A directory of step-numbered checkpoints of one sweep's state.
+
+    `save` always writes; `maybe_save` writes after every chunk when `every_s` is 0, else
+    only when `every_s` seconds have passed since the last checkpoint, and always at the
+    final step."""
+
+    def __init__(self, directory: Path, keep: int, every_s: float = 0.0):
         self.directory = Path(directory).resolve()
+        self.every_s = every_s
+        self.last_save = time.monotonic()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
+            ),
         )
 
-    def save(self, step: int, state) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(keys_to_data(state)), force=True)
+    # SAVING
+
+    def save(self, step: int, state, *, num_runs: int | None = None) -> None:
+        data = keys_to_data(state)
+        leading = jax.tree.leaves(data)[0].shape[0]
+        record = {
+            "format": FORMAT,
+            "step": int(step),
+            "num_runs": int(num_runs if num_runs is not None else leading),
+            "saved_runs": int(leading),
+            "digests": leaf_digests(distributed.to_host(data)),
+        }
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(data), record=ocp.args.JsonSave(record)), force=True)
         self.manager.wait_until_finished()
+        self.last_save = time.monotonic()
+
+    def due(self, final: bool) -> bool:
+        """Whether `maybe_save` would write now (process 0 decides for every process)."""
+        due = final or self.every_s <= 0 or time.monotonic() - self.last_save >= self.every_s
+        return distributed.broadcast_flag(due)
+
+    def maybe_save(self, step: int, state, *, final: bool, num_runs: int | None = None) -> bool:
+        if not self.due(final):
+            return False
+        self.save(step, state, num_runs=num_runs)
+        return True
+
+    # RESTORING
 
     def steps(self) -> list[int]:
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
+    def _restore_step(self, step: int, like):
+        """The state at `step` placed like `like`, after the digest check; CorruptCheckpoint otherwise."""
+        try:
+            record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise CorruptCheckpoint(f"its record is missing or of another format ({str(record)[:80]})")
+            like_data = keys_to_data(like)
+            saved = record["saved_runs"]
+            target = jax.tree.map(lambda x: np.zeros((saved, *x.shape[1:]), x.dtype), like_data)
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        except CorruptCheckpoint:
+            raise
+        except Exception as error:  # orbax/tensorstore report truncated or missing files in many ways
+            raise CorruptCheckpoint(f"{type(error).__name__}: {_first_line(error)}") from None
+        host = jax.tree.map(np.asarray, restored)
+        if jax.tree.structure(host) != jax.tree.structure(like_data):
+            raise CorruptCheckpoint("its state has a different structure")
+        if leaf_digests(host) != record["digests"]:
+            raise CorruptCheckpoint("its contents do not match the digests saved with it")
+        padded = jax.tree.leaves(like_data)[0].shape[0]
+        placed = jax.tree.map(lambda x, ref: _place_like(_pad_host(x, record["num_runs"], padded), ref), host, like_data)
+        return data_to_keys(placed, like)
+
     def restore_latest(self, like, on_skip: Callable[[str], None] = print) -> tuple[int, object]:
-        """(step, state) from the newest readable checkpoint; `like` is a state of the same structure."""
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), keys_to_data(like)
-        )
+        """(step, state) from the newest good checkpoint; `like` is a state of the same structure
+        (the same runs; any padding and sharding). Corrupt newer checkpoints are moved aside."""
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        bad: list[int] = []
         for step in reversed(steps):
             try:
-                restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-                return step, data_to_keys(restored, like)
-            except Exception as error:  # a truncated or corrupt checkpoint: fall back to the previous one
-                logging.getLogger(__name__).warning("checkpoint %s unreadable: %s", step, error)
-                on_skip(f"checkpoint at iteration {step} is unreadable ({type(error).__name__}: {str(error)[:200]}); trying an older one")
-        raise CheckpointError(f"every checkpoint in {self.directory} is unreadable ({steps})")
+                state = self._restore_step(step, like)
+            except CorruptCheckpoint as error:
+                bad.append(step)
+                on_skip(f"checkpoint at iteration {step} is unusable ({error}); trying an older one")
+                continue
+            self._quarantine(bad, on_skip)
+            return step, state
+        raise CheckpointError(
+            f"no usable checkpoint in {self.directory}: iterations {steps} are all unreadable or corrupt; "
+            "move that folder away to restart the sweep from iteration 0"
+        )
+
+    def _quarantine(self, steps: list[int], on_skip: Callable[[str], None]) -> None:
+        """Move corrupt checkpoints out of orbax's way (the sweep will write those steps again)."""
+        if not steps:
+            return
+        aside = self.directory.parent / f"{self.directory.name}.corrupt"
+        if distributed.is_writer():
+            for step in steps:
+                target = aside / f"{step}.{int(time.time())}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(self.directory / str(step)), str(target))
+                on_skip(f"moved the unusable checkpoint {step} to {target}")
+        distributed.barrier("rlbias:checkpoints-quarantined")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else "")[:200]

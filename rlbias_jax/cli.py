@@ -97,7 +97,10 @@ def _user_errors() -> tuple[type, ...]:
 
 def _dispatch(args) -> int:
     if args.command == "validate":
+        from rlbias_jax.pipeline import check_inputs
+
         config = _load(args)
+        check_inputs(config)
         print(json.dumps(config.to_dict(), indent=2, default=list))
         return 0
     if args.command in ("run", "train"):
@@ -108,9 +111,12 @@ def _dispatch(args) -> int:
                        probe=False if args.command == "train" else None, report=False if args.no_report else None)
         return 0
     if args.command == "probe":
-        from rlbias_jax.pipeline import default_progress, run_probe_phase, start_run
+        from rlbias_jax import distributed
+        from rlbias_jax.pipeline import check_inputs, default_progress, run_probe_phase, start_run
 
         config = _load(args)
+        distributed.initialize(config.run)
+        check_inputs(config)
         run_dir, manifest = start_run(config, resume=False, overwrite=args.overwrite, out_dir=args.out_dir)
         run_probe_phase(config, run_dir, manifest, default_progress)
         manifest["status"] = "partial"
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except _user_errors() as error:
-        print(f"rlbias: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the exception carried
+        print(f"rlbias: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlbias: interrupted; continue with --resume", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -33,16 +34,34 @@ class RunConfig:
     # Iterations per compiled chunk: progress, metrics and checkpoints happen between chunks.
     chunk_iterations: int = 10
     checkpoint_keep: int = 2
+    # 0: a checkpoint after every chunk; > 0: after the first chunk that ends at least this
+    # many seconds after the previous checkpoint (and always after the last chunk).
+    checkpoint_every_s: float = 0.0
     seed: int = 0
     # Whether `rlbias run` measures extractability (MDL) before the RL sweep.
     probe: bool = True
     # Whether `rlbias run` writes the report at the end.
     report: bool = True
+    # Multi-host runs (docs/scale_out.md). Unset ("", 0, -1) = from the environment
+    # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), else one process.
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
 
     def validate(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'")
+        _require(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,199}", self.name) is not None, "run.name",
+                 f"must be 1-200 letters, digits or _.+=- not starting with '.' (got {self.name!r})")
+        _require(bool(self.out_dir) and "\0" not in self.out_dir, "run.out_dir", "must be a non-empty path")
         _positive(self, "run", "chunk_iterations", "checkpoint_keep")
+        _require(self.checkpoint_every_s >= 0, "run.checkpoint_every_s", "must be >= 0 (0 = after every chunk)")
         _require(self.seed >= 0, "run.seed", "must be >= 0")
+        _require(self.coordinator_address == "" or re.fullmatch(r"[A-Za-z0-9._\-\[\]:]+:\d{1,5}", self.coordinator_address) is not None,
+                 "run.coordinator_address", f"must look like host:port (got {self.coordinator_address!r})")
+        _require(self.num_processes >= 0, "run.num_processes", "must be >= 0 (0 = from JAX_NUM_PROCESSES, else 1)")
+        _require(self.process_id >= -1, "run.process_id", "must be >= 0, or -1 = from JAX_PROCESS_ID")
+        if self.num_processes > 0 and self.process_id >= 0:
+            _require(self.process_id < self.num_processes, "run.process_id",
+                     f"({self.process_id}) must be < run.num_processes ({self.num_processes})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +91,9 @@ class TaskConfig:
         _require(len(set(self.task_ids)) == len(self.task_ids), "task.task_ids", "has duplicates")
         _require(self.vocab_size >= 3, "task.vocab_size", "must be >= 3 (symbols 0, 1, 2 are used by the features)")
         _require(self.seq_len >= 2, "task.seq_len", "must be >= 2")
+        if experiment == "toy" and any(task_id != 1 for task_id in self.task_ids):
+            # tasks 2-5 need two positions for the target feature and one for the spurious symbol
+            _require(self.seq_len >= 3, "task.seq_len", f"must be >= 3 for toy tasks 2-5 (got {self.seq_len})")
         _positive(self, "task", "train_size", "test_size_both", "test_size_neither", "test_size_s_only", "test_size_t_only")
 
     def test_sizes(self) -> dict[str, int]:
@@ -321,6 +343,7 @@ def _coerce(value: Any, annotation: Any, field: str) -> Any:
         return value
     if annotation is int:
         _require(isinstance(value, int) and not isinstance(value, bool), field, f"must be an integer (got {value!r})")
+        _require(-(2**31) <= value < 2**31, field, f"must fit in 32 bits (got {value})")
         return value
     if annotation is float:
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), field, f"must be a number (got {value!r})")

@@ -6,6 +6,7 @@ This is where the packages are wired together (with the CLI on top of it).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,18 +15,23 @@ import jax
 import numpy as np
 import tomli_w
 
+from rlbias_jax import distributed
 from rlbias_jax.checkpoints import SweepCheckpoints
-from rlbias_jax.config import Config
+from rlbias_jax.config import Config, ConfigError
 from rlbias_jax.runs import (
     RunDirError,
+    RunLock,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
+    check_run_dir,
+    config_differences,
     new_manifest,
     now_iso,
     prepare_run_dir,
     read_csv,
     read_manifest,
+    resume_key,
 )
 
 Progress = Callable[[str], None]
@@ -47,20 +53,68 @@ def _config_dict(config: Config) -> dict:
 
 
 def _write_manifest(run_dir: Path, manifest: dict) -> None:
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    if distributed.is_writer():
+        atomic_write_json(run_dir / "manifest.json", manifest)
+
+
+def check_inputs(config: Config) -> None:
+    """The files and folders a config names exist (checked before any compute); ConfigError naming the field."""
+    if config.run.experiment == "toy":
+        if config.model.source != "random":
+            raise ConfigError('model.source: the toy experiment trains a randomly initialised GPT-2; set model.source = "random"')
+        return
+    from rlbias_jax.models.loading import ModelLoadError, resolve_source
+
+    named = [("model.source", config.model.source)]
+    if config.reward.kind == "classifier":
+        named.append(("reward.model", config.reward.model))
+    for field, source in named:
+        try:
+            resolve_source(source)
+        except ModelLoadError as error:
+            raise ConfigError(f"{field}: {error}") from None
+    from rlbias_jax.tasks.corpus import BUNDLED_CORPORA, IMDB_NAMES
+
+    corpus = config.task.corpus
+    if corpus not in BUNDLED_CORPORA and corpus not in IMDB_NAMES and not Path(corpus).expanduser().is_file():
+        known = ", ".join([*BUNDLED_CORPORA, *IMDB_NAMES])
+        raise ConfigError(f"task.corpus: {corpus!r} is neither a known corpus ({known}) nor an existing text file")
+
+
+_LOCKS: dict[Path, RunLock] = {}
+
+
+def release_run(run_dir: Path) -> None:
+    """Release this process's lock on a run directory (taken by start_run)."""
+    lock = _LOCKS.pop(Path(run_dir).resolve(), None)
+    if lock is not None:
+        lock.release()
 
 
 def start_run(config: Config, *, resume: bool, overwrite: bool, out_dir: str | None = None) -> tuple[Path, dict]:
-    run_dir = prepare_run_dir(out_dir or config.run.out_dir, config.run.name, resume=resume, overwrite=overwrite)
+    """Create (or reopen, to resume) the run directory and its manifest.
+
+    Every process checks the rules before process 0 touches the disk, so a user error
+    stops all of them alike."""
+    root = out_dir or config.run.out_dir
+    run_dir = check_run_dir(root, config.run.name, resume=resume, overwrite=overwrite)
     if resume:
         manifest = read_manifest(run_dir)
-        if manifest.get("config") != _config_dict(config):
-            raise RunDirError(f"cannot resume {run_dir}: its manifest.json was written for a different configuration")
+        changed = config_differences(resume_key(manifest.get("config") or {}), resume_key(_config_dict(config)))
+        if changed:
+            shown = ", ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
+            raise RunDirError(f"cannot resume {run_dir}: the configuration differs from the one it was started with ({shown})")
         manifest["status"] = "running"
         manifest.setdefault("resumed_at", []).append(now_iso())
-    else:
+    distributed.barrier("rlbias:run-dir-checked")
+    if distributed.is_writer():
+        prepare_run_dir(root, config.run.name, resume=resume, overwrite=overwrite)
+        _LOCKS[run_dir.resolve()] = RunLock(run_dir).acquire()  # held until release_run / process exit
+    distributed.barrier("rlbias:run-dir-ready")
+    if not resume:
         manifest = new_manifest(_config_dict(config), config.run.name, config.run.experiment)
-        atomic_write_text(run_dir / "config.toml", tomli_w.dumps(_toml_ready(_config_dict(config))))
+        if distributed.is_writer():
+            atomic_write_text(run_dir / "config.toml", tomli_w.dumps(_toml_ready(_config_dict(config))))
     _write_manifest(run_dir, manifest)
     return run_dir, manifest
 
@@ -82,13 +136,15 @@ def run_probe_phase(config: Config, run_dir: Path, manifest: dict, progress: Pro
         nl_experiment.run_probe_phase(config, run_dir, manifest, progress, *nl_experiment.prepare(config, progress))
         return
 
-    if (run_dir / "extractability.csv").is_file():
+    # the phase record is written after all its tables, so a kill half-way through writing is redone
+    if "probe" in manifest.get("phases", {}) and (run_dir / "extractability.csv").is_file():
         progress("extractability: already measured, skipping (resume)")
         return
     started = time.perf_counter()
     progress(f"extractability: MDL probes ({config.probe.mode} mode, {config.probe.seeds} seeds) for tasks {list(config.task.task_ids)}")
     result = measure_extractability(config, jax.random.key(config.run.seed + 1), progress=progress)
-    result.write(run_dir)
+    if distributed.is_writer():
+        result.write(run_dir)
     manifest["phases"]["probe"] = {"wall_time_s": round(time.perf_counter() - started, 2)}
     _write_manifest(run_dir, manifest)
     for row in result.extractability_rows:
@@ -114,7 +170,7 @@ def run_toy_sweep(config: Config, run_dir: Path, manifest: dict, progress: Progr
         f"RL sweep: {len(specs)} runs ({len(config.task.task_ids)} tasks × {len(config.sweep.s_only_rates)} rates × "
         f"{config.sweep.seeds} seeds) as one program on {mesh.size} device(s); {model_config.num_params():,} parameters per policy"
     )
-    checkpoints = SweepCheckpoints(run_dir / "checkpoints", config.run.checkpoint_keep)
+    checkpoints = SweepCheckpoints(run_dir / "checkpoints", config.run.checkpoint_keep, config.run.checkpoint_every_s)
     curves: list[dict] = []
     start_iteration = 0
     if resume and checkpoints.steps():
@@ -122,13 +178,20 @@ def run_toy_sweep(config: Config, run_dir: Path, manifest: dict, progress: Progr
         if (run_dir / "curves.csv").is_file():
             curves = [row for row in read_csv(run_dir / "curves.csv") if int(row["iteration"]) < start_iteration]
         progress(f"resumed from the checkpoint at iteration {start_iteration}")
+    elif resume:
+        progress("no checkpoint yet: the sweep starts again from iteration 0")
     train_chunk = sweep.make_train_chunk(policy, config.ppo, per_run_reference=True)
+    pause_s = float(os.environ.get("RLBIAS_DEBUG_PAUSE_AFTER_CHUNK_S", "0") or 0)  # tests: time to kill mid-sweep
 
     def on_chunk(new_states, rows, report: sweep.ChunkReport) -> None:
+        # curves first: a kill before the checkpoint leaves rows that a resume truncates
         curves.extend(rows)
-        atomic_write_csv(run_dir / "curves.csv", curves)
-        checkpoints.save(report.iteration, new_states)
-        progress(report.line())
+        if distributed.is_writer():
+            atomic_write_csv(run_dir / "curves.csv", curves)
+        saved = checkpoints.maybe_save(report.iteration, new_states, final=report.iteration >= config.ppo.iterations, num_runs=len(specs))
+        progress(report.line() + ("" if saved else "  (checkpoint not due)"))
+        if pause_s > 0:
+            time.sleep(pause_s)
 
     states = sweep.run_chunks(
         train_chunk, states, data, reference,
@@ -142,8 +205,10 @@ def run_toy_sweep(config: Config, run_dir: Path, manifest: dict, progress: Progr
     checkpoints.close()
     train_seconds = time.perf_counter() - started
     progress("evaluating every run on the held-out test partitions")
-    results = toy.evaluate_runs(config, policy, states, specs)
-    atomic_write_csv(run_dir / "results.csv", results)
+    # on one device, from host copies: the same program for any device count or process count
+    results = toy.evaluate_runs(config, policy, distributed.to_host(states), specs)
+    if distributed.is_writer():
+        atomic_write_csv(run_dir / "results.csv", results)
     episodes = (config.ppo.iterations - start_iteration) * config.ppo.episodes_per_iteration * len(specs)
     manifest["phases"]["rl"] = {
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -184,7 +249,23 @@ def summary_lines(results: list[dict]) -> list[str]:
 def run_experiment(config: Config, *, resume: bool = False, overwrite: bool = False, out_dir: str | None = None,
                    probe: bool | None = None, report: bool | None = None, progress: Progress = default_progress) -> RunOutcome:
     wall_started = time.perf_counter()
+    distributed.initialize(config.run)  # before any device is used
+    check_inputs(config)
+    if not distributed.is_writer():
+        progress = _silent
     run_dir, manifest = start_run(config, resume=resume, overwrite=overwrite, out_dir=out_dir)
+    try:
+        return _run_phases(config, run_dir, manifest, wall_started, resume=resume, probe=probe, report=report, progress=progress)
+    finally:
+        release_run(run_dir)
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _run_phases(config: Config, run_dir: Path, manifest: dict, wall_started: float, *, resume: bool,
+                probe: bool | None, report: bool | None, progress: Progress) -> RunOutcome:
     progress(f"run directory: {run_dir}")
     if config.run.experiment == "nl":
         from rlbias_jax import nl_experiment
@@ -201,7 +282,7 @@ def run_experiment(config: Config, *, resume: bool = False, overwrite: bool = Fa
     _write_manifest(run_dir, manifest)
     for line in summary_lines(results):
         progress(line)
-    if config.run.report if report is None else report:
+    if (config.run.report if report is None else report) and distributed.is_writer():
         from rlbias_jax.analysis import write_report
 
         path = write_report([run_dir])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import fcntl
 import importlib.metadata
 import io
 import json
@@ -36,6 +37,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
         with os.fdopen(handle, "w") as file:
             file.write(text)
             file.flush()
@@ -45,6 +47,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -75,21 +83,95 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def check_run_dir(out_dir: str | Path, name: str, *, resume: bool, overwrite: bool) -> Path:
+    """The run directory's path if the rules allow this start (no side effects); RunDirError otherwise.
+
+    A new run needs a missing or empty directory (or --overwrite); a resumed one needs a manifest."""
+    run_dir = Path(out_dir) / name
+    try:
+        if resume:
+            if not (run_dir / "manifest.json").is_file():
+                raise RunDirError(f"cannot resume: {run_dir} has no manifest.json (start it without --resume)")
+            return run_dir
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirError(f"{run_dir} exists and is not a directory")
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+            raise RunDirError(f"run directory {run_dir} already exists; use --resume to continue it, --overwrite to replace it, or set run.name")
+    except OSError as error:
+        raise RunDirError(f"cannot use the run directory {run_dir}: {error.strerror or error}") from None
+    return run_dir
+
+
 def prepare_run_dir(out_dir: str | Path, name: str, *, resume: bool, overwrite: bool) -> Path:
     """The run directory for a new run (must not exist, unless overwrite) or a resumed one (must exist)."""
-    run_dir = Path(out_dir) / name
+    run_dir = check_run_dir(out_dir, name, resume=resume, overwrite=overwrite)
     if resume:
-        if not (run_dir / "manifest.json").is_file():
-            raise RunDirError(f"cannot resume: {run_dir} has no manifest.json (start it without --resume)")
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"run directory {run_dir} already exists; use --resume to continue it, --overwrite to replace it, or set run.name")
-        import shutil
+    try:
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            import shutil
 
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(run_dir)  # only with --overwrite (checked above)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot create the run directory {run_dir}: {error.strerror or error}") from None
     return run_dir
+
+
+# Fields that may change between a run and its resumption: where and how often it is
+# checkpointed, and how the processes find each other. Everything else must match.
+RESUME_IGNORED_FIELDS = {
+    "run": ("checkpoint_keep", "checkpoint_every_s", "coordinator_address", "num_processes", "process_id"),
+}
+
+
+def resume_key(config_dict: dict) -> dict:
+    """The part of a config (as in manifest.json: JSON types) that a resumed run must share."""
+    normalised = json.loads(json.dumps(config_dict, default=_json_default))
+    for section, names in RESUME_IGNORED_FIELDS.items():
+        for name in names:
+            normalised.get(section, {}).pop(name, None)
+    return normalised
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config dicts."""
+    names = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as one process works in it.
+
+    Taken with flock on `<run_dir>/.lock`, so it disappears with the process (even SIGKILL)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.handle = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            self.handle = open(self.path, "w")
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            self.handle = None
+            raise RunDirError(f"another rlbias process is working in {self.path.parent}; wait for it or stop it first") from None
+        except OSError as error:
+            raise RunDirError(f"cannot lock {self.path}: {error.strerror or error}") from None
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 def git_state() -> tuple[str | None, bool]:

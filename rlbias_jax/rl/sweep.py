@@ -3,8 +3,15 @@
 All runs (task × s-only rate × seed) share one jitted function: `jax.vmap` over
 a leading run axis, `lax.scan` over the iterations of a chunk. The host loop
 runs chunk after chunk, printing progress and saving checkpoints in between.
-The run axis is sharded over every local device (padded to a multiple of the
-device count; padding runs are dropped from the results).
+The run axis is sharded over every device (padded to a multiple of the device
+count, at least two runs per device; padding runs are dropped from the results).
+
+Results do not depend on the device count (bitwise, on CPU): every device runs the
+same per-run arithmetic whatever its number of runs. Two things make it so, both
+found by comparing a vmapped batch with its slices: XLA:CPU's YNNPACK reduction
+fusions sum in a batch-size-dependent order (switched off by `compiler_options`),
+and a batch of one run is simplified into different reductions than a batch of
+two or more (hence the minimum of two runs per device). See docs/scale_out.md.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
+from rlbias_jax import distributed
 from rlbias_jax.config import PPOConfig
 from rlbias_jax.rl.train import Policy, RunData, RunState, evaluate_partition, ppo_iteration
 
@@ -39,9 +47,22 @@ def run_mesh(devices=None) -> Mesh:
     return Mesh(devices, ("runs",))
 
 
+MIN_RUNS_PER_DEVICE = 2  # a run axis of size 1 compiles to differently ordered reductions
+
+
 def padded_run_count(num_runs: int, mesh: Mesh) -> int:
-    per = mesh.size
-    return -(-num_runs // per) * per
+    per_device = max(-(-num_runs // mesh.size), MIN_RUNS_PER_DEVICE)
+    return per_device * mesh.size
+
+
+def compiler_options() -> dict | None:
+    """XLA options for programs vmapped over runs: batch-size-invariant reductions on CPU.
+
+    YNNPACK's reduce fusions (XLA:CPU) order their sums by the batch shape, so a device
+    holding 4 runs and one holding 1 would compute slightly different numbers."""
+    if jax.default_backend() == "cpu":
+        return {"xla_cpu_experimental_ynn_fusion_type": ""}
+    return None
 
 
 def pad_runs(tree, num_runs: int, padded: int):
@@ -52,9 +73,8 @@ def pad_runs(tree, num_runs: int, padded: int):
 
 
 def shard_runs(tree, mesh: Mesh):
-    """Place every leaf with its leading (run) axis split over the mesh."""
-    sharding = NamedSharding(mesh, PartitionSpec("runs"))
-    return jax.device_put(tree, sharding)
+    """Place every leaf with its leading (run) axis split over the mesh (of one or many processes)."""
+    return distributed.place_runs(tree, mesh)
 
 
 def make_train_chunk(policy: Policy, config: PPOConfig, per_run_reference: bool) -> Callable:
@@ -72,7 +92,7 @@ def make_train_chunk(policy: Policy, config: PPOConfig, per_run_reference: bool)
 
         return jax.vmap(one_run, in_axes=(0, 0, reference_axis))(states, data, reference)
 
-    return jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,))
+    return jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,), compiler_options=compiler_options())
 
 
 def make_evaluate(policy: Policy) -> Callable:
@@ -81,7 +101,7 @@ def make_evaluate(policy: Policy) -> Callable:
     def evaluate(params, prompts, labels, keys, greedy: bool):
         return jax.vmap(lambda p, x, y, k: evaluate_partition(policy, p, x, y, k, greedy))(params, prompts, labels, keys)
 
-    return jax.jit(evaluate, static_argnames=("greedy",))
+    return jax.jit(evaluate, static_argnames=("greedy",), compiler_options=compiler_options())
 
 
 @dataclasses.dataclass
@@ -103,7 +123,7 @@ class ChunkReport:
 
 def metrics_to_rows(metrics: dict, specs: list[RunSpec], first_iteration: int) -> list[dict]:
     """Chunk metrics {name: [R_padded, chunk]} -> one row per run × iteration (padding dropped)."""
-    host = {name: np.asarray(value) for name, value in metrics.items()}
+    host = distributed.to_host(dict(metrics))
     chunk = next(iter(host.values())).shape[1]
     rows = []
     for run_index, spec in enumerate(specs):
@@ -141,12 +161,12 @@ def run_chunks(
         states, metrics = train_chunk(states, data, reference, length=length)
         jax.block_until_ready(states)
         seconds = time.perf_counter() - started
+        # curves hold only deterministic values (timings go to ChunkReport), so that a
+        # resumed or re-run sweep writes byte-identical curves
         rows = metrics_to_rows(metrics, specs, iteration)
         iteration += length
-        rewards = np.asarray(metrics["env/reward_mean"])[: len(specs), -1]
-        failed = int(np.asarray(states.failed)[: len(specs)].sum())
-        for row in rows:
-            row["time/episodes_per_s"] = episodes_per_iteration * length * len(specs) / max(seconds, 1e-9)
+        rewards = np.asarray([row["env/reward_mean"] for row in rows if row["iteration"] == iteration - 1])
+        failed = int(distributed.to_host(states.failed)[: len(specs)].sum())
         report = ChunkReport(
             iteration=iteration,
             total_iterations=total_iterations,
