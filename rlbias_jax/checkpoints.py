@@ -3,20 +3,23 @@
 A checkpoint holds the whole state pytree — parameters, optimiser state, PRNG keys
 (which are also the data position: prompts are drawn with them from the fixed
 training set), KL coefficients, iteration counters and fault flags — with typed
-keys stored as raw key data, plus a small JSON record: the step, the number of
-real (unpadded) runs and a SHA-256 digest of every leaf.
+keys stored as raw key data, plus a small JSON record (the step and the number of
+real, unpadded runs). Once orbax has committed it, `rlbias_files.json` in the step
+folder lists the size and SHA-256 of every file.
 
 Orbax writes a checkpoint into a temporary folder and renames it when complete,
 so a kill during a save leaves no half checkpoint under a step number. Restoring
-reads the newest checkpoint into host memory, checks the digests, and falls back
-to older checkpoints when one is truncated or corrupt (moving it aside to
-`checkpoints.corrupt/`). The real runs are then re-padded and placed like the
+checks the newest checkpoint's files against their list (before orbax reads them:
+tensorstore reports a truncated file noisily), reads it into host memory, and
+falls back to older checkpoints when one is truncated or corrupt (moving it aside
+to `checkpoints.corrupt/`). The real runs are then re-padded and placed like the
 current state, so a sweep can resume on a different number of devices.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -28,8 +31,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rlbias_jax import distributed
+from rlbias_jax.runs import atomic_write_json
 
 FORMAT = 2  # of the JSON record; checkpoints without it (or older) are not read
+FILE_LIST = "rlbias_files.json"
 
 
 class CheckpointError(RuntimeError):
@@ -52,15 +57,40 @@ def data_to_keys(tree, like):
     return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like)
 
 
-def leaf_digests(host_tree) -> list[str]:
-    """SHA-256 of every leaf's dtype, shape and bytes, in tree order."""
-    digests = []
-    for leaf in jax.tree.leaves(host_tree):
-        array = np.ascontiguousarray(leaf)
-        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-        digests.append(digest.hexdigest())
-    return digests
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_files(step_dir: Path) -> dict[str, list]:
+    """{relative path: [size, sha256]} of every file of a checkpoint (but the list itself)."""
+    return {
+        str(path.relative_to(step_dir)): [path.stat().st_size, _sha256(path)]
+        for path in sorted(step_dir.rglob("*"))
+        if path.is_file() and path.name != FILE_LIST
+    }
+
+
+def check_files(step_dir: Path) -> None:
+    """CorruptCheckpoint unless every listed file is there with its size and digest (no list: nothing to check)."""
+    listing = step_dir / FILE_LIST
+    if not listing.is_file():
+        return
+    try:
+        expected = json.loads(listing.read_text())
+    except (OSError, ValueError) as error:
+        raise CorruptCheckpoint(f"{FILE_LIST} is unreadable: {error}") from None
+    for name, (size, digest) in expected.items():
+        path = step_dir / name
+        if not path.is_file():
+            raise CorruptCheckpoint(f"{name} is missing")
+        if path.stat().st_size != size:
+            raise CorruptCheckpoint(f"{name} has {path.stat().st_size} bytes, {size} were written")
+        if _sha256(path) != digest:
+            raise CorruptCheckpoint(f"{name} has changed since it was written")
 
 
 def _pad_host(x: np.ndarray, num_runs: int, padded: int) -> np.ndarray:
@@ -88,6 +118,7 @@ class SweepCheckpoints:
 
     def __init__(self, directory: Path, keep: int, every_s: float = 0.0):
         self.directory = Path(directory).resolve()
+        self.keep = keep
         self.every_s = every_s
         self.last_save = time.monotonic()
         self.manager = ocp.CheckpointManager(
@@ -108,10 +139,13 @@ class SweepCheckpoints:
             "step": int(step),
             "num_runs": int(num_runs if num_runs is not None else leading),
             "saved_runs": int(leading),
-            "digests": leaf_digests(distributed.to_host(data)),
         }
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(data), record=ocp.args.JsonSave(record)), force=True)
         self.manager.wait_until_finished()
+        if distributed.is_writer():
+            step_dir = self.directory / str(step)
+            atomic_write_json(step_dir / FILE_LIST, list_files(step_dir))
+        distributed.barrier("rlbias:checkpoint-listed")
         self.last_save = time.monotonic()
 
     def due(self, final: bool) -> bool:
@@ -132,7 +166,8 @@ class SweepCheckpoints:
         return sorted(self.manager.all_steps())
 
     def _restore_step(self, step: int, like):
-        """The state at `step` placed like `like`, after the digest check; CorruptCheckpoint otherwise."""
+        """The state at `step` placed like `like`, after the file check; CorruptCheckpoint otherwise."""
+        check_files(self.directory / str(step))
         try:
             record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
             if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -148,8 +183,6 @@ class SweepCheckpoints:
         host = jax.tree.map(np.asarray, restored)
         if jax.tree.structure(host) != jax.tree.structure(like_data):
             raise CorruptCheckpoint("its state has a different structure")
-        if leaf_digests(host) != record["digests"]:
-            raise CorruptCheckpoint("its contents do not match the digests saved with it")
         padded = jax.tree.leaves(like_data)[0].shape[0]
         placed = jax.tree.map(lambda x, ref: _place_like(_pad_host(x, record["num_runs"], padded), ref), host, like_data)
         return data_to_keys(placed, like)
@@ -169,6 +202,7 @@ class SweepCheckpoints:
                 on_skip(f"checkpoint at iteration {step} is unusable ({error}); trying an older one")
                 continue
             self._quarantine(bad, on_skip)
+            self._prune(keep_also=step)
             return step, state
         raise CheckpointError(
             f"no usable checkpoint in {self.directory}: iterations {steps} are all unreadable or corrupt; "
@@ -188,6 +222,14 @@ class SweepCheckpoints:
                 on_skip(f"moved the unusable checkpoint {step} to {target}")
         distributed.barrier("rlbias:checkpoints-quarantined")
         self.manager.reload()
+
+    def _prune(self, keep_also: int) -> None:
+        """Delete all but the newest `keep` checkpoints (a kill between a save and orbax's own
+        clean-up leaves one too many)."""
+        steps = self.steps()
+        for step in steps[: max(len(steps) - self.keep, 0)]:
+            if step != keep_also:
+                self.manager.delete(step)
 
     def close(self) -> None:
         self.manager.close()
