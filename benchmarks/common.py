@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -77,6 +78,20 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_call(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one blocking call. CPU seconds say how much work the
+    call took even when other users' processes take the cores away part of the time."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    fn()
+    return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

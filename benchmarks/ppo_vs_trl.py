@@ -7,7 +7,11 @@ rate and KL 0 on both sides. Ours runs in-process through the real sweep program
 its own virtual environment (`benchmarks/setup_trl_venv.sh`, torch CPU +
 trl==1.12.0) as a subprocess (`benchmarks/trl_side.py`). Timings exclude compilation
 and warm-up updates; the order is ours → TRL → ours, and our time is the median over
-both blocks, so that slow drifts of other users' load affect both sides alike.
+both blocks, so that slow drifts of other users' load affect both sides alike. Each side
+also reports CPU seconds per update (its process, all threads), which other users' load
+distorts far less than wall time. TRL's torch gets whichever thread count (1 or all
+cores) ran a policy + value forward/backward faster just before training (on a shared
+machine torch's OpenMP workers can be several times slower with 2 threads than 1).
 
 Part 2, the toy evidence sweep: ours trains all R runs as one vmapped program; TRL
 can only train them run after run, so its sweep time is R × (trainer setup + I
@@ -32,7 +36,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PAPER, REPO, SMALL, Setting, load_average, machine, median, ppo_flops_per_episode, toy_config, trl_flops_per_episode, write_json  # noqa: E402
+from common import (  # noqa: E402
+    PAPER, REPO, SMALL, Setting, load_average, machine, median, ppo_flops_per_episode, timed_call, toy_config,
+    trl_flops_per_episode, write_json,
+)
 
 from rlbias_jax.config import Config, load_config, replace  # noqa: E402
 from rlbias_jax.rl import sweep, toy  # noqa: E402
@@ -74,16 +81,24 @@ def our_side(config: Config, runs: int, iterations_per_call: int, calls: int):
     train_chunk = sweep.make_train_chunk(policy, config.ppo, per_run_reference=config.ppo.kl_coef > 0)
     holder = {"states": states}
 
+    cpu_per_iteration: list[float] = []
+
     def call() -> float:
-        started = time.perf_counter()
-        holder["states"], _ = train_chunk(holder["states"], data, reference, length=iterations_per_call)
-        jax.block_until_ready(holder["states"])
-        return time.perf_counter() - started
+        def chunk():
+            holder["states"], _ = train_chunk(holder["states"], data, reference, length=iterations_per_call)
+            jax.block_until_ready(holder["states"])
+
+        wall, cpu = timed_call(chunk)
+        cpu_per_iteration.append(cpu / iterations_per_call)
+        return wall
 
     first_call = call()
+    cpu_per_iteration.clear()
 
     def timed_block() -> list[float]:
         return [call() / iterations_per_call for _ in range(calls)]
+
+    timed_block.cpu_seconds = cpu_per_iteration  # CPU seconds per iteration of every timed call
 
     return model_config, data, first_call, timed_block
 
@@ -144,16 +159,20 @@ def compare_setting(python: Path, setting: Setting, args) -> dict:
         "model": {"n_layer": setting.n_layer, "d_model": setting.d_model, "n_head": setting.n_head,
                   "vocab_size": model_config.vocab_size, "parameters": n_params, "prompt_len": prompt_len,
                   "response_len": response_len},
-        "ours": {"seconds_per_iteration": ours, "compile_seconds": compile_seconds, "episodes_per_s": ours_eps,
+        "ours": {"seconds_per_iteration": ours, "cpu_seconds_per_iteration": list(timed_block.cpu_seconds),
+                 "episodes_per_cpu_s": episodes / median(timed_block.cpu_seconds),
+                 "compile_seconds": compile_seconds, "episodes_per_s": ours_eps,
                  "episodes_per_s_best": episodes / min(ours), "flops_per_episode": our_flops["total"],
                  "flops_per_s": our_flops["total"] * ours_eps},
         "trl": {**trl, "flops_per_episode": trl_flops["total"], "flops_per_s": trl_flops["total"] * trl_eps,
-                "episodes_per_s": trl_eps},
+                "episodes_per_s": trl_eps, "episodes_per_cpu_s": episodes / median(trl["update_cpu_seconds"])},
         "speedup": ours_eps / trl_eps,
+        "speedup_per_cpu_s": (episodes / median(timed_block.cpu_seconds)) / (episodes / median(trl["update_cpu_seconds"])),
         "speedup_best": (episodes / min(ours)) / (episodes / min(trl["update_seconds"])),
         "load_average": {"before": load_before, "after": load_after},
     }
     print(f"[{setting.name}] ours {ours_eps:8.1f} episodes/s   TRL {trl_eps:8.1f} episodes/s   ratio {result['speedup']:.2f}x"
+          f" (per CPU-second {result['speedup_per_cpu_s']:.2f}x, TRL torch threads {trl['torch_threads']})"
           f"   (load {load_before} -> {load_after})", flush=True)
     return result
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 import types
@@ -168,7 +169,8 @@ def build_trainer(settings: dict, step_times: list[float]):
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, *_args, **_kwargs):
-            step_times.append(time.perf_counter())
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            step_times.append((time.perf_counter(), usage.ru_utime + usage.ru_stime))
 
     return PPOTrainer(
         args=args, processing_class=toy_tokenizer(num_symbols), model=policy, ref_model=None, reward_model=reward,
@@ -214,15 +216,18 @@ def main() -> None:
     import transformers
     import trl
 
-    step_times: list[float] = []
+    step_times: list[tuple[float, float]] = []  # (wall, process CPU) at the end of each update
     setup_started = time.perf_counter()
     trainer, policy, value_model = build_trainer(settings, step_times)
     train_started = time.perf_counter()
     trainer.train()
     finished = time.perf_counter()
     warmup = settings["warmup_updates"]
-    timed = step_times[warmup:]
-    update_seconds = [b - a for a, b in zip([step_times[warmup - 1] if warmup else train_started] + timed[:-1], timed)]
+    if warmup < 1:
+        raise ValueError("warmup_updates must be >= 1 (the first update starts the clock)")
+    marks = step_times[warmup - 1 :]
+    update_seconds = [b[0] - a[0] for a, b in zip(marks[:-1], marks[1:])]
+    update_cpu_seconds = [b[1] - a[1] for a, b in zip(marks[:-1], marks[1:])]
     episodes = settings["ppo"]["episodes_per_iteration"]
     result = {
         "versions": {"torch": torch.__version__, "trl": trl.__version__, "transformers": transformers.__version__},
@@ -233,6 +238,7 @@ def main() -> None:
         "updates": len(step_times),
         "warmup_updates": warmup,
         "update_seconds": update_seconds,
+        "update_cpu_seconds": update_cpu_seconds,
         "episodes_per_s": episodes * len(update_seconds) / sum(update_seconds),
         "episodes_per_s_best_update": episodes / min(update_seconds),
         "policy_parameters": sum(p.numel() for p in policy.parameters()),

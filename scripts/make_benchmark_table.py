@@ -49,8 +49,8 @@ def trl_section(data: dict) -> list[str]:
         "",
         f"Machine: {_machine_line(data['machine'], trl_versions)}.",
         "",
-        "| setting | model | episodes / update, minibatch, epochs | ours episodes/s | TRL episodes/s | ratio | ours GFLOP/s | TRL GFLOP/s | load (1-min) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| setting | model | episodes / update, minibatch, epochs | ours episodes/s | TRL episodes/s | ratio | ratio per CPU-second | ours GFLOP/s | TRL GFLOP/s | TRL torch threads | load (1-min) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for entry in data.get("settings", []):
         setting, model = entry["setting"], entry["model"]
@@ -59,7 +59,9 @@ def trl_section(data: dict) -> list[str]:
             f"| {setting['name']} | GPT-2 {model['n_layer']}×{model['d_model']}, {model['parameters'] / 1e6:.2f} M params, "
             f"{model['prompt_len']}+{model['response_len']} tokens | {setting['episodes']}, {setting['minibatch']}, {setting['epochs']} "
             f"| {entry['ours']['episodes_per_s']:.1f} | {entry['trl']['episodes_per_s']:.1f} | **{entry['speedup']:.2f}×** "
+            f"| {entry.get('speedup_per_cpu_s', float('nan')):.2f}× "
             f"| {entry['ours']['flops_per_s'] / 1e9:.1f} | {entry['trl']['flops_per_s'] / 1e9:.1f} "
+            f"| {entry['trl'].get('torch_threads', '?')} "
             f"| {load['before'][0]:.1f} → {load['after'][0]:.1f} |"
         )
     sweep = data.get("sweep")
@@ -82,10 +84,13 @@ def trl_section(data: dict) -> list[str]:
 def mfu_section(data: dict, title: str) -> list[str]:
     peaks = data.get("peak_flops_per_s", {})
     peak_text = ", ".join(f"{dtype} {value / 1e9:,.0f} GFLOP/s" for dtype, value in peaks.items() if value)
+    cpu_peaks = data.get("peak_flops_per_cpu_s", {})
+    cpu_peak_text = ", ".join(f"{dtype} {value / 1e9:,.0f}" for dtype, value in cpu_peaks.items() if value)
     lines = [
         f"### {title}",
         "",
-        f"Machine: {_machine_line(data['machine'])}. Measured GEMM peak: {peak_text}. "
+        f"Machine: {_machine_line(data['machine'])}. Measured GEMM peak: {peak_text} "
+        f"(per CPU-second of the process: {cpu_peak_text or '?'} GFLOP). "
         f"Load average (1/5/15 min) at start {_load_text(data['machine'].get('load_average_at_start'))}, "
         f"at end {_load_text(data.get('load_average_at_end'))}.",
         "",
@@ -94,14 +99,16 @@ def mfu_section(data: dict, title: str) -> list[str]:
     ]
     for entry in data.get("settings", []):
         model, phases = entry["model"], entry["phases"]
-        cells = [f"{phases[name]['mfu']:.0%} ({phases[name]['flops_per_s'] / 1e9:,.0f} GFLOP/s)" for name in PHASES]
+        cells = [f"{phases[name]['mfu']:.0%} ({phases[name]['flops_per_s'] / 1e9:,.0f} GFLOP/s; "
+                 f"{phases[name].get('cpu_mfu', float('nan')):.0%} per CPU-s)" for name in PHASES]
         lines.append(
             f"| {entry['name']} (GPT-2 {model['n_layer']}×{model['d_model']}, {model['episodes']} episodes, "
             f"minibatch {model['minibatch']}) | {entry['dtype']} | " + " | ".join(cells)
             + f" | {phases['iteration']['episodes_per_s']:,.1f} |"
         )
     lines += ["", "MFU = analytic FLOPs (2N per token forward, 6N with backward, plus attention) / best time / "
-              "measured GEMM peak of the same dtype, all interleaved in one run."]
+              "measured GEMM peak of the same dtype, all interleaved in one run. 'per CPU-s': the same ratio per "
+              "CPU-second of the process (median), which other users' load on a shared machine distorts far less."]
     return lines
 
 
