@@ -155,6 +155,9 @@ def ppo_iteration(
     stats.update({
         "env/reward_mean": scores.mean(),
         "env/reward_std": scores.std(),
+        # by label: at s-only rate 0 these are the both (1) and neither (0) partitions
+        "env/reward_mean_label1": masked_mean(scores, labels == 1),
+        "env/reward_mean_label0": masked_mean(scores, labels == 0),
         "objective/kl": mean_kl,
         "objective/kl_coef": state.kl_coef,
         "returns/mean": masked_mean(returns, mask),
