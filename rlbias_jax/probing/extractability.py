@@ -29,6 +29,7 @@ model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -210,14 +211,17 @@ def make_probe(config: Config) -> ProbeModel:
 
 
 def _random_policy_features(config: Config, key: jax.Array) -> Callable[[int, jax.Array], jax.Array]:
-    lm = GPT2(toy_policy_config(config))
-    dummy = jnp.zeros((1, config.task.seq_len), jnp.int32)
+    """features(seed, tokens) of a randomly initialised policy, one initialisation per probe seed."""
+    init, apply = _random_policy_functions(toy_policy_config(config), config.task.seq_len)
+    return lambda seed, tokens: layer_features(apply, init(jax.random.fold_in(key, seed)), tokens)
 
-    def features(seed, tokens):
-        params = lm.init(jax.random.fold_in(key, seed), dummy)
-        return layer_features(lambda p, x, **kw: lm.apply(p, x, **kw), params, tokens)
 
-    return features
+@functools.lru_cache(maxsize=8)
+def _random_policy_functions(model_config: GPT2Config, seq_len: int):
+    """Jitted init and a stable apply for `layer_features`, shared by every task of a run."""
+    lm = GPT2(model_config)
+    dummy = jnp.zeros((1, seq_len), jnp.int32)
+    return jax.jit(lambda key: lm.init(key, dummy)), lambda params, tokens, **kwargs: lm.apply(params, tokens, **kwargs)
 
 
 def _task_rows(task_id: int, mode: str, infos: list[LaneInfo], code: OnlineCode, output) -> tuple[list, list, list]:

@@ -59,7 +59,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlbias_jax.probing.blocks import block_starts
 from rlbias_jax.probing.codelength import LN2, OnlineCodelength, example_bits, online_codelength
 from rlbias_jax.probing.probes import ProbeModel
 
@@ -371,8 +370,3 @@ def online_code_block_by_block(
         all_bits.append(bits)
         all_correct.append(correct)
     return OnlineCodeOutput(bits=np.stack(all_bits), correct=np.stack(all_correct))
-
-
-def block_sums(output: OnlineCodeOutput, ends: np.ndarray) -> np.ndarray:
-    """float64[R, num_blocks]: summed costs per lane and block (block 0 as stored)."""
-    return np.add.reduceat(np.asarray(output.bits, np.float64), block_starts(np.asarray(ends)), axis=1)

@@ -17,6 +17,7 @@ which probe it trains:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -194,19 +195,21 @@ def layer_features(
     """Hidden states at the last position of every layer of a frozen LM: float32[L + 1, N, D].
 
     `lm_apply(params, tokens, return_layer_hidden=True)` must return an object with
-    `layer_hidden` (embeddings first), as every LM of `rlbias_jax.models` does.
-    Each layer's features are then standardised per dimension over the N inputs
-    (inputs only, never labels), so that one learning rate suits every layer.
+    `layer_hidden` (embeddings first), as every LM of `rlbias_jax.models` does; pass
+    the same `lm_apply` object across calls to reuse its compilation. Each layer's
+    features are then standardised per dimension over the N inputs (inputs only,
+    never labels), so that one learning rate suits every layer.
     """
     chex.assert_rank(tokens, 2)
-
-    @jax.jit
-    def features(batch):
-        out = lm_apply(lm_params, batch, return_layer_hidden=True)
-        return jnp.stack([hidden[:, -1].astype(jnp.float32) for hidden in out.layer_hidden])
-
-    parts = [features(tokens[i : i + batch_size]) for i in range(0, tokens.shape[0], batch_size)]
+    parts = [_last_position_features(lm_apply, lm_params, tokens[i : i + batch_size])
+             for i in range(0, tokens.shape[0], batch_size)]
     stacked = jnp.concatenate(parts, axis=1)
     mean = stacked.mean(axis=1, keepdims=True)
     std = stacked.std(axis=1, keepdims=True)
     return (stacked - mean) / jnp.maximum(std, 1e-6)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _last_position_features(lm_apply, lm_params, tokens):
+    out = lm_apply(lm_params, tokens, return_layer_hidden=True)
+    return jnp.stack([hidden[:, -1].astype(jnp.float32) for hidden in out.layer_hidden])
