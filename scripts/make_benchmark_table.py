@@ -1,7 +1,7 @@
 """Write the README's benchmark tables from the JSON the benchmarks wrote.
 
 The README shows only numbers that `benchmarks/*.py` produced: this script reads
-`benchmarks/results/{ppo_vs_trl,mfu,mfu_gpu,gpu_toy_paper}.json` (whichever exist)
+`benchmarks/results/{ppo_vs_trl,mfu,profile_update,bf16_vs_fp32,mfu_gpu,gpu_toy_paper}.json` (whichever exist)
 and replaces the text between the two markers in README.md's "## Benchmarks" section.
 
     python3 scripts/make_benchmark_table.py            # rewrite README.md
@@ -112,6 +112,37 @@ def mfu_section(data: dict, title: str) -> list[str]:
     return lines
 
 
+def profile_lines(data: dict) -> list[str]:
+    setting = data["setting"]
+    shares = ", ".join(f"{kind} {share:.0%}" for kind, share in sorted(data["op_share"].items(), key=lambda item: -item[1]))
+    rate = data.get("matmul_flops_per_s")
+    rate_text = f"; the matmuls alone run at {rate / 1e9:,.0f} GFLOP/s" if rate else ""
+    return [
+        "",
+        f"Where the update's time goes (`benchmarks/profile_update.py`, {setting['name']} {setting['dtype']}, "
+        f"XLA op trace of the vmapped update): {shares}{rate_text}.",
+    ]
+
+
+def bf16_section(data: dict) -> list[str]:
+    overrides = ", ".join(f"{key}={value}" for key, value in data["overrides"].items())
+    lines = [
+        "### bf16 compute vs float32 on the toy task",
+        "",
+        f"Machine: {_machine_line(data['machine'])}. `{data['config']}` with {overrides}: training "
+        f"{data['fp32']['train_episodes_per_s']:,.0f} episodes/s in float32, {data['bf16']['train_episodes_per_s']:,.0f} in "
+        f"bfloat16; test scores (sampled decoding, mean over seeds) within two standard errors of the seed spread in "
+        f"{data['cells_within_two_standard_errors']} cells.",
+        "",
+        "| task | s-only rate | partition | float32 | bfloat16 | difference | seed s.e. of the difference |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in data["cells"]:
+        lines.append(f"| {row['task_id']} | {row['s_only_rate']:g} | {row['partition']} | {row['fp32_mean']:.3f} | "
+                     f"{row['bf16_mean']:.3f} | {row['difference']:+.3f} | {row['seed_standard_error']:.3f} |")
+    return lines
+
+
 def gpu_toy_section(data: dict) -> list[str]:
     return [
         "### Toy paper grid on a GPU",
@@ -131,7 +162,12 @@ def generate(results: Path = RESULTS) -> str:
         sections.append(trl_section(trl))
     mfu = _load("mfu", results)
     if mfu:
-        sections.append(mfu_section(mfu, "Achieved FLOP/s per phase against the measured peak (CPU)"))
+        profile = _load("profile_update", results)
+        sections.append(mfu_section(mfu, "Achieved FLOP/s per phase against the measured peak (CPU)")
+                        + (profile_lines(profile) if profile else []))
+    bf16 = _load("bf16_vs_fp32", results)
+    if bf16:
+        sections.append(bf16_section(bf16))
     mfu_gpu = _load("mfu_gpu", results)
     if mfu_gpu:
         sections.append(mfu_section(mfu_gpu, "Achieved FLOP/s per phase against the measured peak (GPU)"))
