@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -143,3 +144,64 @@ def place_runs(tree, mesh: Mesh):
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(one, tree)
+
+
+class ShardwiseProgram:
+    """A jitted function of run-sharded arrays, run as one single-device program per local device.
+
+    XLA compiles a program for several devices (SPMD jit, shard_map and pmap alike) through
+    other simplification passes than a program for one device, which changes the last bits
+    of a few results (e.g. `x / s` against `x * (1 / s)` in the softmax gradient). Running
+    the single-device program on each device's share of the runs keeps the arithmetic, and
+    so the results, independent of the number of devices and processes; the runs need no
+    communication. Arguments and results carry the run axis first (arguments may also be
+    replicated); the local devices' programs are compiled in parallel threads.
+    """
+
+    def __init__(self, jitted: Callable):
+        self.jitted = jitted
+        self._compiled: dict = {}
+
+    def __call__(self, *args, **static):
+        mesh = _runs_mesh(args)
+        if mesh is None:  # everything on one device: the plain jitted function
+            return self.jitted(*args, **static)
+        devices = [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
+        shares = [jax.tree.map(lambda x: _share(x, device), args) for device in devices]
+        programs = self._programs(devices, shares, static)
+        outputs = [program(*share) for program, share in zip(programs, shares)]  # dispatched asynchronously
+        sharding = NamedSharding(mesh, PartitionSpec("runs"))
+        return jax.tree.map(lambda *parts: _assemble(parts, sharding, mesh.size), *outputs)
+
+    def _programs(self, devices, shares, static) -> list:
+        signature = jax.tree.map(lambda x: (x.shape, str(x.dtype)), shares[0])
+        key = (tuple(device.id for device in devices), tuple(sorted(static.items())), jax.tree.structure(shares[0]),
+               tuple(jax.tree.leaves(signature)))
+        if key not in self._compiled:
+            lowered = [self.jitted.lower(*share, **static) for share in shares]  # tracing holds the GIL: one at a time
+            with ThreadPoolExecutor(max_workers=len(lowered)) as pool:
+                self._compiled[key] = list(pool.map(lambda program: program.compile(), lowered))
+        return self._compiled[key]
+
+
+def _runs_mesh(args) -> Mesh | None:
+    """The mesh of the first argument sharded over more than one device, if any."""
+    for leaf in jax.tree.leaves(args):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
+
+
+def _share(x, device):
+    """The part of `x` on `device` (all of it when replicated), as a single-device array."""
+    if isinstance(x, jax.Array):
+        for shard in x.addressable_shards:
+            if shard.device == device:
+                return shard.data
+    return jax.device_put(x, device)
+
+
+def _assemble(parts, sharding: NamedSharding, num_devices: int):
+    shape = (parts[0].shape[0] * num_devices, *parts[0].shape[1:])
+    return jax.make_array_from_single_device_arrays(shape, sharding, list(parts))

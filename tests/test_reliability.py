@@ -1,21 +1,17 @@
 """Reliability of a sweep: kill and resume, corrupt checkpoints, numerical faults, safe outputs.
 
 The end-to-end tests run `rlbias train` in subprocesses on a tiny config (4 runs, 6
-iterations in chunks of 2) and compare run directories byte for byte. They share
-XLA's persistent compilation cache (in pytest's cache folder), so only the first
-process of a session compiles.
+iterations in chunks of 2; tests/subprocess_runs.py) and compare run directories
+byte for byte.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,57 +21,12 @@ import pytest
 
 from rlbias_jax.checkpoints import CheckpointError, SweepCheckpoints
 from rlbias_jax.runs import RunDirError, RunLock, atomic_write_text, check_run_dir, config_differences, resume_key
-
-TINY = """
-[run]
-name = "tiny"
-chunk_iterations = 2
-probe = false
-report = false
-[task]
-task_ids = [1]
-train_size = 64
-test_size_both = 16
-test_size_neither = 16
-test_size_s_only = 16
-test_size_t_only = 16
-[model]
-n_layer = 1
-n_head = 2
-d_model = 16
-max_len = 16
-[ppo]
-iterations = 6
-episodes_per_iteration = 16
-minibatch_size = 8
-epochs = 1
-learning_rate = 1e-3
-[sweep]
-s_only_rates = [0.0, 0.5]
-seeds = 2
-[eval]
-greedy = false
-"""
-
-
-# ---------------------------------------------------------------------------
-# helpers
+from subprocess_runs import TINY, assert_same_outputs, read_rows, rlbias, start_and_kill_at_checkpoint, subprocess_env
 
 
 @pytest.fixture(scope="module")
 def env(request, tmp_path_factory):
-    """Subprocess environment: one CPU device and a shared persistent compilation cache."""
-    cache_provider = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    cache = cache_provider.mkdir("rlbias_xla_cache") if cache_provider else tmp_path_factory.mktemp("xla_cache")
-    variables = dict(os.environ)
-    variables.pop("XLA_FLAGS", None)
-    variables.update({
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    })
-    return variables
+    return subprocess_env(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -83,38 +34,6 @@ def tiny_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "tiny.toml"
     path.write_text(TINY)
     return path
-
-
-def rlbias(*args, env, check=True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "rlbias_jax.cli", *map(str, args)], env=env, capture_output=True, text=True,
-                            timeout=600, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"rlbias {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
-def start_and_kill_at_checkpoint(args, env, checkpoint: Path, pause_s: float = 4.0) -> None:
-    """Run `rlbias` pausing after each chunk; SIGKILL it as soon as `checkpoint` is committed."""
-    process = subprocess.Popen([sys.executable, "-m", "rlbias_jax.cli", *map(str, args)],
-                               env={**env, "RLBIAS_DEBUG_PAUSE_AFTER_CHUNK_S": str(pause_s)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while not (checkpoint / "commit_success.txt").is_file():
-            if process.poll() is not None:
-                raise AssertionError(f"the run ended before {checkpoint} appeared:\n{process.stderr.read()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{checkpoint} did not appear in time")
-            time.sleep(0.05)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-
-
-def run_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +63,7 @@ def test_killed_sweep_resumes_to_bitwise_identical_results(clean_run, tiny_confi
     result = rlbias(*args, "--resume", env=env)
     assert "resumed from the checkpoint at iteration 6" in result.stdout
 
-    for name in ("results.csv", "curves.csv"):
-        assert (run / name).read_bytes() == (clean_run / name).read_bytes(), name
+    assert_same_outputs(run, clean_run)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["resumed_at"]) == 2
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == [4, 6]  # keep the last 2
@@ -209,14 +127,14 @@ def test_nan_in_one_run_fails_only_that_run_and_the_report_lists_it(clean_run, t
     run = tmp_path / "tiny"
     faulted = ("0.0", "1")  # run index 1: rate 0.0, seed 1
 
-    results, clean_results = run_rows(run / "results.csv"), run_rows(clean_run / "results.csv")
+    results, clean_results = read_rows(run / "results.csv"), read_rows(clean_run / "results.csv")
     for row, clean in zip(results, clean_results, strict=True):
         if (row["s_only_rate"], row["seed"]) == faulted:
             assert (row["status"], row["failed_iteration"]) == ("failed", "2")
         else:
             assert row == clean  # the other runs of the vmapped batch are untouched, bit for bit
 
-    curves, clean_curves = run_rows(run / "curves.csv"), run_rows(clean_run / "curves.csv")
+    curves, clean_curves = read_rows(run / "curves.csv"), read_rows(clean_run / "curves.csv")
     for row, clean in zip(curves, clean_curves, strict=True):
         if (row["s_only_rate"], row["seed"]) != faulted or int(row["iteration"]) < 2:
             assert row == clean

@@ -4,14 +4,18 @@ All runs (task × s-only rate × seed) share one jitted function: `jax.vmap` ove
 a leading run axis, `lax.scan` over the iterations of a chunk. The host loop
 runs chunk after chunk, printing progress and saving checkpoints in between.
 The run axis is sharded over every device (padded to a multiple of the device
-count, at least two runs per device; padding runs are dropped from the results).
+count, at least two runs per device; padding runs are dropped from the results),
+and each device runs the single-device program on its share of the runs.
 
-Results do not depend on the device count (bitwise, on CPU): every device runs the
-same per-run arithmetic whatever its number of runs. Two things make it so, both
-found by comparing a vmapped batch with its slices: XLA:CPU's YNNPACK reduction
-fusions sum in a batch-size-dependent order (switched off by `compiler_options`),
-and a batch of one run is simplified into different reductions than a batch of
-two or more (hence the minimum of two runs per device). See docs/scale_out.md.
+Results do not depend on the device or process count (bitwise, on CPU): every
+device runs the same per-run arithmetic whatever its number of runs. Three things
+make it so, found by comparing a vmapped batch with its slices and with its
+multi-device versions: XLA:CPU's YNNPACK reduction fusions sum in a batch-size-
+dependent order (switched off by `compiler_options`); a batch of one run is
+simplified into different reductions than a batch of two or more (hence at least
+two runs per device); and programs compiled for several devices go through other
+simplifications than single-device ones (hence `distributed.ShardwiseProgram`
+rather than one SPMD program). See docs/scale_out.md.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def shard_runs(tree, mesh: Mesh):
 
 
 def make_train_chunk(policy: Policy, config: PPOConfig, per_run_reference: bool) -> Callable:
-    """jit(vmap(scan(ppo_iteration))): (states[R], data[R], reference, length) -> (states, metrics[R, length]).
+    """jit(vmap(scan(ppo_iteration))) per device: (states[R], data[R], reference, length) -> (states, metrics[R, length]).
 
     `length` (iterations in the chunk) is static; a shorter last chunk compiles once more."""
     reference_axis = 0 if per_run_reference else None
@@ -92,7 +96,8 @@ def make_train_chunk(policy: Policy, config: PPOConfig, per_run_reference: bool)
 
         return jax.vmap(one_run, in_axes=(0, 0, reference_axis))(states, data, reference)
 
-    return jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,), compiler_options=compiler_options())
+    jitted = jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,), compiler_options=compiler_options())
+    return distributed.ShardwiseProgram(jitted)
 
 
 def make_evaluate(policy: Policy) -> Callable:
