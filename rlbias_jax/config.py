@@ -87,7 +87,7 @@ class TaskConfig:
         allowed = TOY_TASK_IDS if experiment == "toy" else NL_TASK_IDS
         _require(len(self.task_ids) > 0, "task.task_ids", "must list at least one task id")
         for task_id in self.task_ids:
-            _require(task_id in allowed, "task.task_ids", f"unknown task id {task_id}; known ids: {list(allowed)}")
+            _require(task_id in allowed, "task.task_ids", f"unknown task id {task_id} for run.experiment = {experiment!r}; known ids: {list(allowed)}")
         _require(len(set(self.task_ids)) == len(self.task_ids), "task.task_ids", "has duplicates")
         _require(self.vocab_size >= 3, "task.vocab_size", "must be >= 3 (symbols 0, 1, 2 are used by the features)")
         _require(self.seq_len >= 2, "task.seq_len", "must be >= 2")
@@ -284,15 +284,16 @@ class Config:
         if self.run.experiment == "toy":
             needed = self.task.seq_len + self.ppo.response_len
             _require(self.model.max_len >= needed, "model.max_len", f"({self.model.max_len}) must be >= task.seq_len + ppo.response_len ({needed})")
-            _require(self.reward.kind in ("ascending", "threshold"), "reward.kind", f"{self.reward.kind!r} is an NL reward; the toy experiment uses ascending or threshold")
+            _require(self.reward.kind in ("ascending", "threshold"), "reward.kind",
+                     f"{self.reward.kind!r} is an NL reward; run.experiment = 'toy' uses ascending or threshold")
         else:
             self._validate_nl()
         return self
 
     def _validate_nl(self) -> None:
         _require(self.reward.kind in ("classifier", "vader_lexicon"), "reward.kind",
-                 f"{self.reward.kind!r} is a toy reward; the NL experiment uses classifier or vader_lexicon")
-        _require(self.model.source != "random", "model.source", "the NL experiment needs a pretrained model with a tokenizer (e.g. \"smollm2\")")
+                 f"{self.reward.kind!r} is a toy reward; run.experiment = 'nl' uses classifier or vader_lexicon")
+        _require(self.model.source != "random", "model.source", "run.experiment = 'nl' needs a pretrained model with a tokenizer (e.g. \"smollm2\")")
         _require(bool(self.task.corpus), "task.corpus", "must name a corpus")
         _require(self.task.prompt_len >= 4, "task.prompt_len", f"must be >= 4 tokens (got {self.task.prompt_len})")
         _require(self.reward.max_len >= 8, "reward.max_len", f"must be >= 8 (got {self.reward.max_len})")
@@ -356,6 +357,11 @@ def _coerce(value: Any, annotation: Any, field: str) -> Any:
     return value
 
 
+def _printable(key: Any) -> str:
+    """A key as typed, or quoted when it would break the one-line message."""
+    return key if isinstance(key, str) and key.isprintable() else repr(key)
+
+
 def _build(cls: type, data: Any, section: str) -> Any:
     _require(isinstance(data, dict), section, f"must be a table (got {type(data).__name__})")
     hints = typing.get_type_hints(cls)
@@ -365,7 +371,7 @@ def _build(cls: type, data: Any, section: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"{section}.{key}: unknown key{hint}")
+            raise ConfigError(f"{section}.{_printable(key)}: unknown key{hint}")
         field = f"{section}.{key}"
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, field)
@@ -383,7 +389,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         if key not in sections:
             close = difflib.get_close_matches(key, sorted(sections), n=1)
             hint = f"; did you mean '[{close[0]}]'?" if close else f"; known sections: {', '.join(sorted(sections))}"
-            raise ConfigError(f"[{key}]: unknown section{hint}")
+            raise ConfigError(f"[{_printable(key)}]: unknown section{hint}")
         kwargs[key] = _build(hints[key], value, key)
     return Config(**kwargs).validate()
 
