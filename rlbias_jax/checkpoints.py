@@ -95,7 +95,8 @@ def check_files(step_dir: Path) -> None:
 
 def _pad_host(x: np.ndarray, num_runs: int, padded: int) -> np.ndarray:
     """The first `num_runs` runs, then the last of them repeated up to `padded` (as sweep.pad_runs)."""
-    x = x[:num_runs]
+    x = x[: min(num_runs, padded)]  # num_runs may count padding when the caller did not say
+    num_runs = x.shape[0]
     if padded == num_runs:
         return x
     return np.concatenate([x, np.repeat(x[-1:], padded - num_runs, axis=0)])

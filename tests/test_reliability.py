@@ -271,6 +271,15 @@ def test_restore_repads_runs_for_another_device_count(tmp_path):
     assert _same(restored, jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], 2, axis=0)]), _state(3)))
 
 
+def test_restore_without_a_run_count_keeps_the_padding_that_fits(tmp_path):
+    """A caller that saves without num_runs (padding counted as runs) can still resume on fewer devices."""
+    padded8 = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], 4, axis=0)]), _state(3))
+    checkpoints = SweepCheckpoints(tmp_path / "checkpoints", keep=2)
+    checkpoints.save(2, padded8)
+    like6 = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], 2, axis=0)]), _state(0))
+    assert _same(checkpoints.restore_latest(like6)[1], jax.tree.map(lambda x: x[:6], padded8))
+
+
 def test_an_interrupted_save_is_ignored(tmp_path):
     checkpoints = SweepCheckpoints(tmp_path / "checkpoints", keep=2)
     checkpoints.save(2, _state(2))
