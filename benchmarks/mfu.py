@@ -153,10 +153,14 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", default="mfu")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per iteration (gpt2-small; a wiring check on CPU)")
+    parser.add_argument("--minibatch", type=int, default=None)
     args = parser.parse_args()
 
     dtypes = args.dtypes.split(",")
-    base_settings = [GPT2_SMALL] if args.model == "gpt2-small" else [{"paper_4x256": PAPER, "small_2x128": SMALL}[name] for name in args.settings.split(",")]
+    gpt2_small = dataclasses.replace(GPT2_SMALL, episodes=args.episodes or GPT2_SMALL.episodes,
+                                     minibatch=args.minibatch or GPT2_SMALL.minibatch)
+    base_settings = [gpt2_small] if args.model == "gpt2-small" else [{"paper_4x256": PAPER, "small_2x128": SMALL}[name] for name in args.settings.split(",")]
     result = {"benchmark": "mfu", "machine": machine(), "backend": jax.default_backend(), "rounds": args.rounds,
               "peak": {}, "settings": []}
 
