@@ -92,12 +92,29 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+BARRIER_TIMEOUT_S = 3600  # another process may still be compiling its programs
+_barriers = 0
+
+
 def barrier(name: str) -> None:
-    """Wait until every process reaches this point (nothing to do for one process)."""
-    if jax.process_count() > 1:
+    """Wait until every process reaches this point (nothing to do for one process).
+
+    Through the coordination service, with a long timeout: a device collective would set
+    up gloo's TCP pairs, whose connect timeout (about 30 s) a process still compiling
+    can exceed on a loaded machine."""
+    global _barriers
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the client of jax.distributed.initialize
+
+    client = jax_distributed.global_state.client
+    if client is None:  # joined by other means (e.g. a TPU runtime): a device collective
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+        return
+    _barriers += 1  # every process passes the same barriers in the same order
+    client.wait_at_barrier(f"rlbias:{_barriers}:{name}", BARRIER_TIMEOUT_S * 1000)
 
 
 def broadcast_flag(value: bool) -> bool:
@@ -106,6 +123,7 @@ def broadcast_flag(value: bool) -> bool:
         return value
     from jax.experimental import multihost_utils
 
+    barrier("broadcast")
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
 
 
@@ -128,6 +146,8 @@ def to_host(tree):
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
 
+    if jax.process_count() > 1:
+        barrier("gather")
     return jax.tree.map(one, tree)
 
 
