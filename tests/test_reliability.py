@@ -146,6 +146,7 @@ def test_nan_in_one_run_fails_only_that_run_and_the_report_lists_it(clean_run, t
     assert "| 0 | 1 | 2 |" in report.replace("  ", " ")  # s-only rate, seed, failed at iteration
 
 
+@pytest.mark.slow
 def test_compiled_chunk_isolates_a_nan_run():
     """One run's parameters poisoned: exactly that run fails, at the right iteration; the others are bitwise clean."""
     from rlbias_jax.config import config_from_dict
