@@ -1,7 +1,7 @@
 """Write the README's benchmark tables from the JSON the benchmarks wrote.
 
 The README shows only numbers that `benchmarks/*.py` produced: this script reads
-`benchmarks/results/{ppo_vs_trl,mfu,profile_update,bf16_vs_fp32,mfu_gpu,gpu_toy_paper}.json` (whichever exist)
+`benchmarks/results/{ppo_vs_trl,mfu,profile_update,bf16_vs_fp32,mfu_gpu,mfu_gpu_toy,gpu_toy_paper}.json` (whichever exist)
 and replaces the text between the two markers in README.md's "## Benchmarks" section.
 
     python3 scripts/make_benchmark_table.py            # rewrite README.md
@@ -171,6 +171,9 @@ def generate(results: Path = RESULTS) -> str:
     mfu_gpu = _load("mfu_gpu", results)
     if mfu_gpu:
         sections.append(mfu_section(mfu_gpu, "Achieved FLOP/s per phase against the measured peak (GPU)"))
+    mfu_gpu_toy = _load("mfu_gpu_toy", results)
+    if mfu_gpu_toy:
+        sections.append(mfu_section(mfu_gpu_toy, "Achieved FLOP/s per phase, toy model on the GPU"))
     gpu_toy = _load("gpu_toy_paper", results)
     if gpu_toy:
         sections.append(gpu_toy_section(gpu_toy))
