@@ -16,7 +16,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rlbias_jax.models.kv_cache import KVCache, attention_bias, dot_product_attention, init_cache, update_layer
+from rlbias_jax.models.decoder import positions_and_allowed, run_blocks
+from rlbias_jax.models.kv_cache import KVCache, cached_keys_values, dot_product_attention, init_cache
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -127,11 +128,7 @@ class GPT2Attention(nn.Module):
         query, key, value = jnp.split(qkv, 3, axis=-1)
         shape = (batch, length, config.n_head, config.head_dim)
         query, key, value = query.reshape(shape), key.reshape(shape), value.reshape(shape)
-        if layer_cache is not None:
-            cache_keys, cache_values, index = layer_cache
-            cache_keys, cache_values = update_layer(cache_keys, cache_values, index, key, value)
-            key, value = cache_keys, cache_values
-            layer_cache = (cache_keys, cache_values)
+        key, value, layer_cache = cached_keys_values(layer_cache, key, value)
         out = dot_product_attention(query, key, value, allowed).reshape(batch, length, config.d_model)
         return _dense(config.d_model, config, "c_proj")(out), layer_cache
 
@@ -176,37 +173,20 @@ class GPT2(nn.Module):
         return_layer_hidden: bool = False,
     ) -> LMOutput:
         config = self.config
-        batch, length = tokens.shape
-        if positions is None:
-            offset = 0 if cache is None else cache.index
-            positions = jnp.broadcast_to(offset + jnp.arange(length), (batch, length))
+        positions, allowed = positions_and_allowed(tokens, positions, attention_mask, cache)
         wte = nn.Embed(config.vocab_size, config.d_model, embedding_init=nn.initializers.normal(0.02),
                        param_dtype=DTYPES[config.param_dtype], name="wte")
         wpe = nn.Embed(config.max_len, config.d_model, embedding_init=nn.initializers.normal(0.01),
                        param_dtype=DTYPES[config.param_dtype], name="wpe")
         # The residual stream stays in float32; matmuls run in config.dtype.
         x = (wte(tokens) + wpe(positions)).astype(jnp.float32)
-        if cache is None:
-            allowed = attention_bias(length, length, 0, attention_mask)
-        else:
-            allowed = attention_bias(length, cache.max_len, cache.index, attention_mask)
-        layer_hidden = [x]
-        new_keys, new_values = [], []
-        for layer in range(config.n_layer):
-            layer_cache = None if cache is None else (cache.keys[layer], cache.values[layer], cache.index)
-            x, layer_cache = GPT2Block(config, name=f"h_{layer}")(x, allowed, layer_cache)
-            layer_hidden.append(x)
-            if cache is not None:
-                new_keys.append(layer_cache[0])
-                new_values.append(layer_cache[1])
+        blocks = [GPT2Block(config, name=f"h_{layer}") for layer in range(config.n_layer)]
+        x, layer_hidden, new_cache = run_blocks(blocks, x, (allowed,), cache)
         hidden = _layer_norm(config, "ln_f")(x)
         logits = wte.attend(hidden.astype(DTYPES[config.dtype])).astype(jnp.float32)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(keys=jnp.stack(new_keys), values=jnp.stack(new_values), index=cache.index + length)
         return LMOutput(
             logits=logits,
             hidden=hidden,
             cache=new_cache,
-            layer_hidden=tuple(layer_hidden) if return_layer_hidden else None,
+            layer_hidden=layer_hidden if return_layer_hidden else None,
         )

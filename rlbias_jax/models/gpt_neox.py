@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbias_jax.models.gpt2 import DTYPES, LMOutput
-from rlbias_jax.models.kv_cache import KVCache, attention_bias, dot_product_attention, init_cache, update_layer
+from rlbias_jax.models.decoder import positions_and_allowed, run_blocks
+from rlbias_jax.models.kv_cache import KVCache, cached_keys_values, dot_product_attention, init_cache
 from rlbias_jax.models.llama import apply_rope
 
 
@@ -93,11 +94,7 @@ class GPTNeoXAttention(nn.Module):
         query, key, value = jnp.split(qkv, 3, axis=-1)
         inv_freq = config.inverse_frequencies()
         query, key = apply_rope(query, positions, inv_freq), apply_rope(key, positions, inv_freq)
-        if layer_cache is not None:
-            cache_keys, cache_values, index = layer_cache
-            cache_keys, cache_values = update_layer(cache_keys, cache_values, index, key, value)
-            key, value = cache_keys, cache_values
-            layer_cache = (cache_keys, cache_values)
+        key, value, layer_cache = cached_keys_values(layer_cache, key, value)
         out = dot_product_attention(query, key, value, allowed).reshape(batch, length, config.d_model)
         return _dense(config.d_model, config, "dense", config.attention_bias)(out), layer_cache
 
@@ -146,38 +143,21 @@ class GPTNeoX(nn.Module):
         return_layer_hidden: bool = False,
     ) -> LMOutput:
         config = self.config
-        batch, length = tokens.shape
-        if positions is None:
-            offset = 0 if cache is None else cache.index
-            positions = jnp.broadcast_to(offset + jnp.arange(length), (batch, length))
+        positions, allowed = positions_and_allowed(tokens, positions, attention_mask, cache)
         embed = nn.Embed(config.vocab_size, config.d_model, embedding_init=nn.initializers.normal(0.02),
                          param_dtype=DTYPES[config.param_dtype], name="embed_in")
         x = embed(tokens).astype(jnp.float32)
-        if cache is None:
-            allowed = attention_bias(length, length, 0, attention_mask)
-        else:
-            allowed = attention_bias(length, cache.max_len, cache.index, attention_mask)
-        layer_hidden = [x]
-        new_keys, new_values = [], []
-        for layer in range(config.n_layer):
-            layer_cache = None if cache is None else (cache.keys[layer], cache.values[layer], cache.index)
-            x, layer_cache = GPTNeoXBlock(config, name=f"layers_{layer}")(x, positions, allowed, layer_cache)
-            layer_hidden.append(x)
-            if cache is not None:
-                new_keys.append(layer_cache[0])
-                new_values.append(layer_cache[1])
+        blocks = [GPTNeoXBlock(config, name=f"layers_{layer}") for layer in range(config.n_layer)]
+        x, layer_hidden, new_cache = run_blocks(blocks, x, (positions, allowed), cache)
         hidden = _layer_norm(config, "final_layer_norm")(x)
         compute_hidden = hidden.astype(DTYPES[config.dtype])
         if config.tie_word_embeddings:
             logits = embed.attend(compute_hidden)
         else:
             logits = _dense(config.vocab_size, config, "embed_out", use_bias=False)(compute_hidden)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(keys=jnp.stack(new_keys), values=jnp.stack(new_values), index=cache.index + length)
         return LMOutput(
             logits=logits.astype(jnp.float32),
             hidden=hidden,
             cache=new_cache,
-            layer_hidden=tuple(layer_hidden) if return_layer_hidden else None,
+            layer_hidden=layer_hidden if return_layer_hidden else None,
         )

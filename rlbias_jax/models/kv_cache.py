@@ -84,3 +84,17 @@ def update_layer(cache_keys: jax.Array, cache_values: jax.Array, index: jax.Arra
     cache_keys = jax.lax.dynamic_update_slice(cache_keys, new_keys.astype(cache_keys.dtype), start)
     cache_values = jax.lax.dynamic_update_slice(cache_values, new_values.astype(cache_values.dtype), start)
     return cache_keys, cache_values
+
+
+def cached_keys_values(layer_cache, key: jax.Array, value: jax.Array):
+    """The keys/values one attention layer attends over, and its updated layer cache.
+
+    Without a cache (layer_cache None): the new key, value [B, T, Hkv, D] themselves and None.
+    With one, layer_cache = (keys, values [B, S, Hkv, D], index): the buffers with the new
+    keys/values written at `index`, returned both to attend over and as the layer's cache.
+    """
+    if layer_cache is None:
+        return key, value, None
+    cache_keys, cache_values, index = layer_cache
+    cache_keys, cache_values = update_layer(cache_keys, cache_values, index, key, value)
+    return cache_keys, cache_values, (cache_keys, cache_values)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbias_jax.models.gpt2 import DTYPES, LMOutput
-from rlbias_jax.models.kv_cache import KVCache, attention_bias, dot_product_attention, init_cache, update_layer
+from rlbias_jax.models.decoder import positions_and_allowed, run_blocks
+from rlbias_jax.models.kv_cache import KVCache, cached_keys_values, dot_product_attention, init_cache
 
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -146,11 +147,7 @@ class LlamaAttention(nn.Module):
         value = value.reshape(batch, length, config.n_kv_head, head_dim)
         inv_freq = config.inverse_frequencies()
         query, key = apply_rope(query, positions, inv_freq), apply_rope(key, positions, inv_freq)
-        if layer_cache is not None:
-            cache_keys, cache_values, index = layer_cache
-            cache_keys, cache_values = update_layer(cache_keys, cache_values, index, key, value)
-            key, value = cache_keys, cache_values
-            layer_cache = (cache_keys, cache_values)
+        key, value, layer_cache = cached_keys_values(layer_cache, key, value)
         out = dot_product_attention(query, key, value, allowed).reshape(batch, length, config.n_head * head_dim)
         return _dense(config.d_model, config, config.o_bias, "o_proj")(out), layer_cache
 
@@ -196,39 +193,22 @@ class Llama(nn.Module):
         return_layer_hidden: bool = False,
     ) -> LMOutput:
         config = self.config
-        batch, length = tokens.shape
-        if positions is None:
-            offset = 0 if cache is None else cache.index
-            positions = jnp.broadcast_to(offset + jnp.arange(length), (batch, length))
+        positions, allowed = positions_and_allowed(tokens, positions, attention_mask, cache)
         embed = nn.Embed(config.vocab_size, config.d_model, embedding_init=nn.initializers.normal(0.02),
                          param_dtype=DTYPES[config.param_dtype], name="embed_tokens")
         # The residual stream stays in float32; matmuls run in config.dtype.
         x = embed(tokens).astype(jnp.float32)
-        if cache is None:
-            allowed = attention_bias(length, length, 0, attention_mask)
-        else:
-            allowed = attention_bias(length, cache.max_len, cache.index, attention_mask)
-        layer_hidden = [x]
-        new_keys, new_values = [], []
-        for layer in range(config.n_layer):
-            layer_cache = None if cache is None else (cache.keys[layer], cache.values[layer], cache.index)
-            x, layer_cache = LlamaBlock(config, name=f"layers_{layer}")(x, positions, allowed, layer_cache)
-            layer_hidden.append(x)
-            if cache is not None:
-                new_keys.append(layer_cache[0])
-                new_values.append(layer_cache[1])
+        blocks = [LlamaBlock(config, name=f"layers_{layer}") for layer in range(config.n_layer)]
+        x, layer_hidden, new_cache = run_blocks(blocks, x, (positions, allowed), cache)
         hidden = _rms_norm(config, "norm")(x)
         compute_hidden = hidden.astype(DTYPES[config.dtype])
         if config.tie_word_embeddings:
             logits = embed.attend(compute_hidden)
         else:
             logits = _dense(config.vocab_size, config, False, "lm_head")(compute_hidden)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(keys=jnp.stack(new_keys), values=jnp.stack(new_values), index=cache.index + length)
         return LMOutput(
             logits=logits.astype(jnp.float32),
             hidden=hidden,
             cache=new_cache,
-            layer_hidden=tuple(layer_hidden) if return_layer_hidden else None,
+            layer_hidden=layer_hidden if return_layer_hidden else None,
         )
