@@ -18,7 +18,7 @@ from rlbias_jax.analysis import ReportError, analyse, load_run, write_report
 from rlbias_jax.analysis import figures, stats
 from rlbias_jax.analysis.document import to_html, to_markdown
 from rlbias_jax.analysis.report import build_blocks
-from rlbias_jax.analysis.tables import filter_runs, run_scores
+from rlbias_jax.analysis.tables import filter_runs, run_scores, scores_by_run
 
 TASKS = {1: "contains-1", 2: "first-last", 3: "prefix-duplicate", 5: "adjacent-duplicate"}
 RATES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
@@ -297,6 +297,25 @@ def test_use_target_is_mean_of_s_only_and_t_only(tmp_path):
     np.testing.assert_allclose(scores["use_target"], (scores["s_only"] + scores["t_only"]) / 2)
     row = scores.query("task_id == 1 and s_only_rate == 0.0 and seed == 1").iloc[0]
     assert row["use_target"] == pytest.approx(monotone_use(1, 0.0, 1))
+
+
+def test_scores_have_one_row_per_run_present_in_a_ragged_sweep(tmp_path):
+    results = pd.read_csv(write_run(tmp_path / "run", tasks={1: "contains-1", 2: "first-last"}, rates=(0.0, 0.1), seeds=2) / "results.csv")
+    ragged = results[~((results["task_id"] == 2) & (results["s_only_rate"] == 0.1))]  # task 2 never ran rate 0.1
+    scores = scores_by_run(ragged)
+    assert len(scores) == 6  # not the 8 of tasks × rates × seeds
+    assert (scores["status"] == "ok").all() and scores["task_name"].notna().all()
+
+
+def test_toy_summary_table_is_the_reports_use_target(tmp_path):
+    from rlbias_jax.rl.toy import use_target_table
+
+    results = pd.read_csv(write_run(tmp_path / "run", rates=(0.0, 0.1), seeds=3, decodings=("sample", "greedy")) / "results.csv")
+    table = use_target_table(results.to_dict("records"))
+    scores = scores_by_run(results).query("decoding == 'sample'")
+    assert list(table) == [(task, rate) for task in TASKS for rate in (0.0, 0.1)]
+    assert table[(1, 0.1)] == pytest.approx([monotone_use(1, 0.1, seed) for seed in range(3)])
+    assert sum(table.values(), []) == scores["use_target"].tolist()
 
 
 def test_extractability_uses_configured_probe_mode_and_layer(tmp_path):

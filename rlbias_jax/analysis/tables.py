@@ -246,11 +246,18 @@ def check_compatible(runs: list[Run]) -> None:
 
 
 def run_scores(run: Run) -> pd.DataFrame:
-    """One row per RL run and decoding: score per partition, use_target, status.
+    """`scores_by_run` of the run's results, with the run's group as the first column."""
+    table = scores_by_run(run.results)
+    table.insert(0, "group", run.group)
+    return table
+
+
+def scores_by_run(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per RL run and decoding in `results` (rows as in results.csv): score per
+    partition, use_target, task_name, failed_iteration, status; sorted by task, rate, seed, decoding.
 
     use_target = (score(s_only) + score(t_only)) / 2 (SPEC §2).
     """
-    results = run.results
     wide = results.pivot_table(
         index=["task_id", "s_only_rate", "seed", "decoding"], columns="partition", values="score", aggfunc="first", dropna=False
     )
@@ -261,10 +268,10 @@ def run_scores(run: Run) -> pd.DataFrame:
         failed=("status", lambda status: bool((status == "failed").any())),
         failed_iteration=("failed_iteration", "max"),
     )
-    table = wide.join(meta).reset_index()
+    # inner: pivot_table(dropna=False) spans every task × rate × seed × decoding, also combinations never run
+    table = wide.join(meta, how="inner").reset_index()
     table["use_target"] = (table["s_only"] + table["t_only"]) / 2
     table["status"] = np.where(table["failed"], "failed", "ok")
-    table.insert(0, "group", run.group)
     return table.drop(columns="failed")
 
 

@@ -169,12 +169,16 @@ def evaluate_runs(config: Config, policy: Policy, states: RunState, specs: list[
 
 
 def use_target_table(rows: list[dict], decoding: str = "sample") -> dict[tuple[int, float], list[float]]:
-    """{(task_id, rate): [use_target per seed]} from result rows."""
-    scores: dict[tuple, dict[str, float]] = {}
-    for row in rows:
-        if row["decoding"] == decoding:
-            scores.setdefault((row["task_id"], row["s_only_rate"], row["seed"]), {})[row["partition"]] = row["score"]
+    """{(task_id, rate): [use_target per seed, in seed order]} from result rows (`scores_by_run`'s use_target)."""
+    import pandas as pd  # only for the end-of-run summary
+
+    from rlbias_jax.analysis.tables import scores_by_run
+
+    if not rows:
+        return {}
+    scores = scores_by_run(pd.DataFrame(rows))
+    scores = scores[scores["decoding"] == decoding]
     table: dict[tuple[int, float], list[float]] = {}
-    for (task_id, rate, _seed), by_partition in sorted(scores.items()):
-        table.setdefault((task_id, rate), []).append((by_partition["s_only"] + by_partition["t_only"]) / 2)
+    for task_id, rate, use_target in zip(scores["task_id"], scores["s_only_rate"], scores["use_target"]):
+        table.setdefault((int(task_id), float(rate)), []).append(float(use_target))
     return table
