@@ -73,6 +73,21 @@ class ExtractabilityResult:
     block_rows: list[dict] = dataclasses.field(default_factory=list)
     wall_time_s: dict[int, float] = dataclasses.field(default_factory=dict)  # per task, compilation included
 
+    def add_task(self, task_id: int, task_name: str, mode: str, infos: list[LaneInfo], code: OnlineCode, output,
+                 started: float) -> str:
+        """Append one task's `task_rows` and its wall time since `started`; return its progress line."""
+        summary, mdl_rows, block_rows = task_rows(task_id, task_name, mode, infos, code, output)
+        self.extractability_rows += summary
+        self.mdl_rows += mdl_rows
+        self.block_rows += block_rows
+        self.wall_time_s[task_id] = time.perf_counter() - started
+        headline = summary[-1]
+        return (
+            f"  task {task_id} {task_name}: MDL(s) = {headline['mdl_s_bits']:.1f}, "
+            f"MDL(t) = {headline['mdl_t_bits']:.1f} bits, ratio {headline['relative_extractability']:.3f} "
+            f"± {headline['relative_extractability_sem']:.3f} ({len(infos)} probe runs, {self.wall_time_s[task_id]:.1f} s)"
+        )
+
     def write(self, run_dir: Path) -> None:
         """Write extractability.csv, mdl.csv and mdl_blocks.csv atomically (temporary file + rename)."""
         from rlbias_jax.runs import atomic_write_csv
@@ -224,10 +239,13 @@ def _random_policy_functions(model_config: GPT2Config, seq_len: int):
     return jax.jit(lambda key: lm.init(key, dummy)), lambda params, tokens, **kwargs: lm.apply(params, tokens, **kwargs)
 
 
-def _task_rows(task_id: int, mode: str, infos: list[LaneInfo], code: OnlineCode, output) -> tuple[list, list, list]:
+def task_rows(task_id: int, task_name: str, mode: str, infos: list[LaneInfo], code: OnlineCode, output) -> tuple[list, list, list]:
+    """One task's rows of extractability.csv (per layer; frozen mode adds layer -1, the best
+    layer per probe), mdl.csv (per lane) and mdl_blocks.csv (per lane and block) from the
+    online code's `output` for lanes `infos`."""
     codelengths = code.codelengths(output)
     accuracies = code.final_accuracies(output)
-    base = {"task_id": task_id, "task_name": toy.TASK_NAMES[task_id], "probe_mode": mode}
+    base = {"task_id": task_id, "task_name": task_name, "probe_mode": mode}
     starts = block_starts(code.ends)
     mdl_rows, block_rows = [], []
     for info, codelength, accuracy in zip(infos, codelengths, accuracies):
@@ -302,15 +320,5 @@ def measure_extractability(
         else:
             inputs, labels, infos, lanes = model_lanes(keys, tokens, labels, config.probe.seeds)
         output = jax.block_until_ready(code(inputs, labels, lanes))
-        summary, mdl_rows, block_rows = _task_rows(task_id, mode, infos, code, output)
-        result.extractability_rows += summary
-        result.mdl_rows += mdl_rows
-        result.block_rows += block_rows
-        result.wall_time_s[task_id] = time.perf_counter() - started
-        headline = summary[-1]
-        progress(
-            f"  task {task_id} {toy.TASK_NAMES[task_id]}: MDL(s) = {headline['mdl_s_bits']:.1f}, "
-            f"MDL(t) = {headline['mdl_t_bits']:.1f} bits, ratio {headline['relative_extractability']:.3f} "
-            f"± {headline['relative_extractability_sem']:.3f} ({len(infos)} probe runs, {result.wall_time_s[task_id]:.1f} s)"
-        )
+        progress(result.add_task(task_id, toy.TASK_NAMES[task_id], mode, infos, code, output, started))
     return result

@@ -22,16 +22,8 @@ import numpy as np
 
 from rlbias_jax.config import Config
 from rlbias_jax.models.heads import SequenceClassifier
-from rlbias_jax.probing.blocks import block_ends, block_starts
-from rlbias_jax.probing.extractability import (
-    PROBES,
-    ExtractabilityResult,
-    _best_layer_row,
-    _summary_row,
-    frozen_lanes,
-    make_schedule,
-    model_lanes,
-)
+from rlbias_jax.probing.blocks import block_ends
+from rlbias_jax.probing.extractability import PROBES, ExtractabilityResult, frozen_lanes, make_schedule, model_lanes
 from rlbias_jax.probing.online_code import OnlineCode
 from rlbias_jax.probing.probes import ProbeModel, frozen_probe, layer_features
 from rlbias_jax.tasks import nl as nl_tasks
@@ -52,26 +44,6 @@ def pretrained_probe(lm_module, lm_params, seq_len: int, num_classes: int = 2) -
         return module.apply(params, tokens)
 
     return ProbeModel("finetune", init, apply, num_classes)
-
-
-def _rows(task_id: int, mode: str, infos, code: OnlineCode, output) -> tuple[list, list, list]:
-    codelengths = code.codelengths(output)
-    accuracies = code.final_accuracies(output)
-    base = {"task_id": task_id, "task_name": nl_tasks.TASK_NAMES[task_id], "probe_mode": mode}
-    starts = block_starts(code.ends)
-    mdl_rows, block_rows = [], []
-    for info, codelength, accuracy in zip(infos, codelengths, accuracies):
-        keys = {**base, "layer": info.layer, "probe": info.probe, "probe_seed": info.seed}
-        mdl_rows.append({**keys, "mdl_bits": codelength.mdl_bits, "uniform_bits": codelength.uniform_bits,
-                         "compression": codelength.compression, "accuracy": float(accuracy)})
-        for block, bits in enumerate(codelength.block_bits):
-            block_rows.append({**keys, "block": block, "block_start": int(starts[block]),
-                               "block_end": int(code.ends[block]), "codelength_bits": float(bits)})
-    summary = [_summary_row(base, layer, [r for r in mdl_rows if r["layer"] == layer])
-               for layer in sorted({info.layer for info in infos})]
-    if mode == "frozen":
-        summary.append(_best_layer_row(base, summary))
-    return summary, mdl_rows, block_rows
 
 
 def measure_nl_extractability(config: Config, key: jax.Array, setup, task_data: dict[int, nl_tasks.NLTaskData],
@@ -107,15 +79,5 @@ def measure_nl_extractability(config: Config, key: jax.Array, setup, task_data: 
         else:
             inputs, labels, infos, lanes = model_lanes(keys, tokens, labels, config.probe.seeds)
         output = jax.block_until_ready(code(inputs, labels, lanes))
-        summary, mdl_rows, block_rows = _rows(task_id, mode, infos, code, output)
-        result.extractability_rows += summary
-        result.mdl_rows += mdl_rows
-        result.block_rows += block_rows
-        result.wall_time_s[task_id] = time.perf_counter() - started
-        headline = summary[-1]
-        progress(
-            f"  task {task_id} {nl_tasks.TASK_NAMES[task_id]}: MDL(s) = {headline['mdl_s_bits']:.1f}, "
-            f"MDL(t) = {headline['mdl_t_bits']:.1f} bits, ratio {headline['relative_extractability']:.3f} "
-            f"± {headline['relative_extractability_sem']:.3f} ({len(infos)} probe runs, {result.wall_time_s[task_id]:.1f} s)"
-        )
+        progress(result.add_task(task_id, nl_tasks.TASK_NAMES[task_id], mode, infos, code, output, started))
     return result
