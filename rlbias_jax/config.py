@@ -199,6 +199,7 @@ class SweepConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     greedy: bool = True
+    baseline: bool = True  # evaluate the untrained policies too (baseline.csv)
     failed_neither_threshold: float = 0.0  # runs whose neither score is below are dropped in the report
     use_target_threshold: float = 0.9  # for "evidence required"
 

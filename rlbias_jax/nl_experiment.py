@@ -13,9 +13,8 @@ from typing import Callable
 
 import jax
 
-from rlbias_jax.checkpoints import SweepCheckpoints
 from rlbias_jax.config import Config
-from rlbias_jax.runs import atomic_write_csv, atomic_write_json, read_csv
+from rlbias_jax.runs import atomic_write_json
 
 Progress = Callable[[str], None]
 
@@ -51,63 +50,26 @@ def run_probe_phase(config: Config, run_dir: Path, manifest: dict, progress: Pro
 
 
 def run_sweep(config: Config, run_dir: Path, manifest: dict, progress: Progress, resume: bool, setup, task_data) -> list[dict]:
-    from rlbias_jax.rl import nl, sweep
+    from rlbias_jax.rl import nl
+    from rlbias_jax.sweep_phase import SweepPlan, mean_kl_note, run_sweep_phase
 
-    started = time.perf_counter()
     specs = nl.run_specs(config)
-    mesh = sweep.run_mesh()
-    padded = sweep.padded_run_count(len(specs), mesh)
-    states = nl.initial_states(config, setup, specs)
-    data = nl.training_data(config, specs, task_data)
-    states, data = (sweep.shard_runs(sweep.pad_runs(tree, len(specs), padded), mesh) for tree in (states, data))
     shared = setup.shared()
-    progress(
-        f"RL sweep: {len(specs)} runs ({len(config.task.task_ids)} tasks × {len(config.sweep.s_only_rates)} rates × "
-        f"{config.sweep.seeds} seeds) as one program on {mesh.size} device(s); the frozen weights and the reference are shared"
-    )
-    checkpoints = SweepCheckpoints(run_dir / "checkpoints", config.run.checkpoint_keep)
-    curves: list[dict] = []
-    start_iteration = 0
-    if resume and checkpoints.steps():
-        start_iteration, states = checkpoints.restore_latest(states, on_skip=progress)
-        if (run_dir / "curves.csv").is_file():
-            curves = [row for row in read_csv(run_dir / "curves.csv") if int(row["iteration"]) < start_iteration]
-        progress(f"resumed from the checkpoint at iteration {start_iteration}")
-    train_chunk = nl.make_train_chunk(setup)
-
-    def on_chunk(new_states, rows, report: sweep.ChunkReport) -> None:
-        curves.extend(rows)
-        atomic_write_csv(run_dir / "curves.csv", curves)
-        checkpoints.save(report.iteration, new_states)
-        last = [row for row in rows if row["iteration"] == report.iteration - 1]
-        kl = sum(row["objective/kl"] for row in last) / max(len(last), 1)
-        progress(f"{report.line()}  KL {kl:.3f}")
-
-    states = sweep.run_chunks(
-        train_chunk, states, data, shared,
+    plan = SweepPlan(
         specs=specs,
-        start_iteration=start_iteration,
-        total_iterations=config.ppo.iterations,
-        chunk_iterations=config.run.chunk_iterations,
-        episodes_per_iteration=config.ppo.episodes_per_iteration,
-        on_chunk=on_chunk,
+        states=nl.initial_states(config, setup, specs),
+        data=nl.training_data(config, specs, task_data),
+        shared=shared,
+        shared_per_run=False,
+        train_chunk=nl.make_train_chunk(setup),
+        evaluate=lambda trained: nl.evaluate_runs(config, setup, trained, specs, task_data, shared),
+        description=(
+            f"RL sweep: {len(specs)} runs ({len(config.task.task_ids)} tasks × {len(config.sweep.s_only_rates)} rates × "
+            f"{config.sweep.seeds} seeds) as one program on {{devices}} device(s); the frozen weights and the reference are shared"
+        ),
+        chunk_note=mean_kl_note,
     )
-    checkpoints.close()
-    train_seconds = time.perf_counter() - started
-    progress("evaluating every run on the held-out test partitions")
-    results = nl.evaluate_runs(config, setup, states, specs, task_data, shared)
-    atomic_write_csv(run_dir / "results.csv", results)
-    episodes = (config.ppo.iterations - start_iteration) * config.ppo.episodes_per_iteration * len(specs)
-    manifest["phases"]["rl"] = {
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_wall_time_s": round(train_seconds, 2),
-        "episodes": episodes,
-        "episodes_per_s": round(episodes / max(train_seconds, 1e-9), 2),
-        "runs": len(specs),
-    }
-    manifest["tasks_completed"] = sorted({spec.task_id for spec in specs})
-    atomic_write_json(run_dir / "manifest.json", manifest)
-    return results
+    return run_sweep_phase(config, run_dir, manifest, progress, resume, plan, baseline=config.eval.baseline)
 
 
 def run(config: Config, run_dir: Path, manifest: dict, progress: Progress, *, resume: bool, probe: bool) -> list[dict]:

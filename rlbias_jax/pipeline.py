@@ -6,7 +6,6 @@ This is where the packages are wired together (with the CLI on top of it).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,12 +15,10 @@ import numpy as np
 import tomli_w
 
 from rlbias_jax import distributed
-from rlbias_jax.checkpoints import SweepCheckpoints
 from rlbias_jax.config import Config, ConfigError
 from rlbias_jax.runs import (
     RunDirError,
     RunLock,
-    atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     check_run_dir,
@@ -156,73 +153,28 @@ def run_probe_phase(config: Config, run_dir: Path, manifest: dict, progress: Pro
 
 def run_toy_sweep(config: Config, run_dir: Path, manifest: dict, progress: Progress, resume: bool) -> list[dict]:
     from rlbias_jax.rl import sweep, toy
+    from rlbias_jax.sweep_phase import SweepPlan, run_sweep_phase
 
-    started = time.perf_counter()
     model, model_config, policy = toy.toy_policy(config)
     specs = toy.run_specs(config)
-    mesh = sweep.run_mesh()
-    padded = sweep.padded_run_count(len(specs), mesh)
     states, reference = toy.initial_states(config, model, policy, specs)
-    data = toy.training_data(config, specs)
-    states, data, reference = (sweep.shard_runs(sweep.pad_runs(tree, len(specs), padded), mesh) if tree is not None else None
-                               for tree in (states, data, reference))
-    progress(
-        f"RL sweep: {len(specs)} runs ({len(config.task.task_ids)} tasks × {len(config.sweep.s_only_rates)} rates × "
-        f"{config.sweep.seeds} seeds) as one program on {mesh.size} device(s); {model_config.num_params():,} parameters per policy"
-    )
-    checkpoints = SweepCheckpoints(run_dir / "checkpoints", config.run.checkpoint_keep, config.run.checkpoint_every_s)
-    curves: list[dict] = []
-    start_iteration = 0
-    if resume and checkpoints.steps():
-        start_iteration, states = checkpoints.restore_latest(states, on_skip=progress)
-        if (run_dir / "curves.csv").is_file():
-            curves = [row for row in read_csv(run_dir / "curves.csv") if int(row["iteration"]) < start_iteration]
-        progress(f"resumed from the checkpoint at iteration {start_iteration}")
-    elif resume:
-        progress("no checkpoint yet: the sweep starts again from iteration 0")
-    train_chunk = sweep.make_train_chunk(policy, config.ppo, per_run_reference=True)
-    pause_s = float(os.environ.get("RLBIAS_DEBUG_PAUSE_AFTER_CHUNK_S", "0") or 0)  # tests: time to kill mid-sweep
-
-    def on_chunk(new_states, rows, report: sweep.ChunkReport) -> None:
-        # curves first: a kill before the checkpoint leaves rows that a resume truncates
-        curves.extend(rows)
-        if distributed.is_writer():
-            atomic_write_csv(run_dir / "curves.csv", curves)
-        saved = checkpoints.maybe_save(report.iteration, new_states, final=report.iteration >= config.ppo.iterations, num_runs=len(specs))
-        progress(report.line() + ("" if saved else "  (checkpoint not due)"))
-        if pause_s > 0:
-            time.sleep(pause_s)
-
-    states = sweep.run_chunks(
-        train_chunk, states, data, reference,
+    plan = SweepPlan(
         specs=specs,
-        start_iteration=start_iteration,
-        total_iterations=config.ppo.iterations,
-        chunk_iterations=config.run.chunk_iterations,
-        episodes_per_iteration=config.ppo.episodes_per_iteration,
-        on_chunk=on_chunk,
+        states=states,
+        data=toy.training_data(config, specs),
+        shared=reference,
+        shared_per_run=True,
+        train_chunk=sweep.make_train_chunk(policy, config.ppo, per_run_reference=True),
+        evaluate=lambda trained: toy.evaluate_runs(config, policy, trained, specs),
+        description=(
+            f"RL sweep: {len(specs)} runs ({len(config.task.task_ids)} tasks × {len(config.sweep.s_only_rates)} rates × "
+            f"{config.sweep.seeds} seeds) as one program on {{devices}} device(s); {model_config.num_params():,} parameters per policy"
+        ),
     )
-    checkpoints.close()
-    train_seconds = time.perf_counter() - started
-    progress("evaluating every run on the held-out test partitions")
-    # on one device, from host copies: the same program for any device count or process count
-    results = toy.evaluate_runs(config, policy, distributed.to_host(states), specs)
-    if distributed.is_writer():
-        atomic_write_csv(run_dir / "results.csv", results)
-    episodes = (config.ppo.iterations - start_iteration) * config.ppo.episodes_per_iteration * len(specs)
-    manifest["phases"]["rl"] = {
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_wall_time_s": round(train_seconds, 2),
-        "episodes": episodes,
-        "episodes_per_s": round(episodes / max(train_seconds, 1e-9), 1),
-        "runs": len(specs),
-    }
-    manifest["tasks_completed"] = sorted({spec.task_id for spec in specs})
-    _write_manifest(run_dir, manifest)
-    return results
+    return run_sweep_phase(config, run_dir, manifest, progress, resume, plan, baseline=config.eval.baseline)
 
 
-def summary_lines(results: list[dict]) -> list[str]:
+def summary_lines(results: list[dict], baseline: list[dict] | None = None) -> list[str]:
     """use_target per task × rate (mean over seeds; sampled decoding) as printable lines."""
     from rlbias_jax.rl.toy import use_target_table
 
@@ -243,6 +195,32 @@ def summary_lines(results: list[dict]) -> list[str]:
         f"task {task} " + " ".join(f"{part}={np.mean(partitions[(task, part)]):.2f}" for part in ("both", "neither", "s_only", "t_only"))
         for task in tasks
     ))
+    if baseline:
+        lines += baseline_lines(baseline, results)
+    return lines
+
+
+def _mean_scores(rows: list[dict]) -> dict[tuple[int, str], float]:
+    """{(task_id, partition): mean score} over rates and seeds (sampled decoding)."""
+    cells: dict[tuple[int, str], list[float]] = {}
+    for row in rows:
+        if row["decoding"] == "sample":
+            cells.setdefault((int(row["task_id"]), row["partition"]), []).append(float(row["score"]))
+    return {key: float(np.mean(values)) for key, values in cells.items()}
+
+
+def baseline_lines(baseline: list[dict], results: list[dict]) -> list[str]:
+    """Mean score per task and partition before -> after training (sampled decoding)."""
+    before, after = _mean_scores(baseline), _mean_scores(results)
+    partitions = ("both", "neither", "s_only", "t_only")
+    lines = ["score before -> after training (mean over rates and seeds, sampled decoding)",
+             f"{'task':<6}" + "".join(f"{part:<16}" for part in partitions)]
+    for task in sorted({task for task, _ in after}):
+        cells = "".join(
+            f"{before.get((task, part), float('nan')):.2f} -> {after[(task, part)]:.2f}    " if (task, part) in after else f"{'':16}"
+            for part in partitions
+        )
+        lines.append(f"{task:<6}{cells}")
     return lines
 
 
@@ -280,7 +258,9 @@ def _run_phases(config: Config, run_dir: Path, manifest: dict, wall_started: flo
     manifest["finished_at"] = now_iso()
     manifest["wall_time_s"] = round(time.perf_counter() - wall_started, 2)  # of this invocation (a resumed run: since resuming)
     _write_manifest(run_dir, manifest)
-    for line in summary_lines(results):
+    baseline_path = run_dir / "baseline.csv"
+    baseline = read_csv(baseline_path) if baseline_path.is_file() else None
+    for line in summary_lines(results, baseline):
         progress(line)
     if (config.run.report if report is None else report) and distributed.is_writer():
         from rlbias_jax.analysis import write_report

@@ -23,6 +23,7 @@ Keys: a run's rollout stream depends on (task, rate index, seed); evaluation key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable
 
@@ -31,12 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlbias_jax import distributed
 from rlbias_jax.config import Config
 from rlbias_jax.models import split
 from rlbias_jax.models.heads import PolicyValueModel
 from rlbias_jax.models.sampling import SamplingConfig
 from rlbias_jax.rl.ppo import make_optimizer
 from rlbias_jax.rl.sentiment import ClassifierReward, LexiconReward, classifier_reward, normalised_score
+from rlbias_jax.rl import sweep
 from rlbias_jax.rl.sweep import RunSpec
 from rlbias_jax.rl.train import Policy, RunData, RunState, evaluate_partition, init_run_state, ppo_iteration
 from rlbias_jax.tasks import nl as nl_tasks
@@ -245,9 +248,11 @@ def make_train_chunk(setup: NLSetup) -> Callable:
 
         return jax.vmap(one_run)(states, data)
 
-    return jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,))
+    jitted = jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,), compiler_options=sweep.compiler_options())
+    return distributed.ShardwiseProgram(jitted)
 
 
+@functools.lru_cache(maxsize=4)
 def make_evaluate(setup: NLSetup) -> Callable:
     """(trainable[R], shared, prompts[R, n, P], labels[R, n], keys[R]) -> mean raw reward[R]."""
 
@@ -255,7 +260,7 @@ def make_evaluate(setup: NLSetup) -> Callable:
         policy = setup.build_policy(shared)
         return jax.vmap(lambda p, x, y, k: evaluate_partition(policy, p, x, y, k, greedy))(trainable, prompts, labels, keys)
 
-    return jax.jit(evaluate, static_argnames=("greedy",))
+    return jax.jit(evaluate, static_argnames=("greedy",), compiler_options=sweep.compiler_options())
 
 
 def evaluate_runs(config: Config, setup: NLSetup, states: RunState, specs: list[RunSpec],

@@ -123,7 +123,7 @@ def ppo_update(
         (_, stats), grads = grad_fn(train_state.params, apply_fn, minibatch, config)
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
         params = optax.apply_updates(train_state.params, updates)
-        stats["policy/grad_norm"] = optax.global_norm(grads)
+        stats["policy/grad_norm"] = optax.tree.norm(grads)
         return TrainState(params=params, opt_state=opt_state), stats
 
     def epoch_step(train_state: TrainState, epoch_key):

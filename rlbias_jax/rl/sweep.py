@@ -21,6 +21,7 @@ rather than one SPMD program). See docs/scale_out.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable
 
@@ -100,8 +101,11 @@ def make_train_chunk(policy: Policy, config: PPOConfig, per_run_reference: bool)
     return distributed.ShardwiseProgram(jitted)
 
 
+@functools.lru_cache(maxsize=4)
 def make_evaluate(policy: Policy) -> Callable:
-    """jit(vmap(evaluate_partition)) over runs: (params[R], prompts[R,n,P], labels[R,n], keys[R]) -> scores[R]."""
+    """jit(vmap(evaluate_partition)) over runs: (params[R], prompts[R,n,P], labels[R,n], keys[R]) -> scores[R].
+
+    Cached per policy: the baseline and the final evaluation share one compiled program."""
 
     def evaluate(params, prompts, labels, keys, greedy: bool):
         return jax.vmap(lambda p, x, y, k: evaluate_partition(policy, p, x, y, k, greedy))(params, prompts, labels, keys)
