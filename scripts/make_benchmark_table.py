@@ -1,7 +1,7 @@
 """Write the README's benchmark tables from the JSON the benchmarks wrote.
 
 The README shows only numbers that `benchmarks/*.py` produced: this script reads
-`benchmarks/results/{ppo_vs_trl,mfu,profile_update,bf16_vs_fp32,mfu_gpu,mfu_gpu_toy,gpu_toy_paper}.json` (whichever exist)
+`benchmarks/results/{sweep_scaling,ppo_vs_trl,mfu,profile_update,bf16_vs_fp32,mfu_gpu,mfu_gpu_toy,gpu_toy_paper}.json` (whichever exist)
 and replaces the text between the two markers in README.md's "## Benchmarks" section.
 
     python3 scripts/make_benchmark_table.py            # rewrite README.md
@@ -155,8 +155,34 @@ def gpu_toy_section(data: dict) -> list[str]:
     ]
 
 
+def sweep_scaling_section(data: dict) -> list[str]:
+    peak = data.get("fp32_gemm_peak_flops_per_s")
+    lines = [
+        f"### The sweep as one program: {data['runs']} toy runs vmapped vs one after another",
+        "",
+        f"Machine: {_machine_line(data['machine'])}; load at start {_load_text(data['machine'].get('load_average_at_start'))}.",
+        f"Same jitted chunk function on both sides (`benchmarks/sweep_scaling.py`, {data['iterations_per_call']} iterations per call, best of interleaved repeats)"
+        + (f"; fp32 GEMM peak of this CPU {peak / 1e9:.0f} GFLOP/s (`benchmarks/mfu.py`)." if peak else "."),
+        "",
+        "| model | episodes / iteration, minibatch | vmapped episodes/s | sequential episodes/s | speedup | vmapped GFLOP/s | sequential GFLOP/s | cores busy (vmapped / sequential) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for entry in data["settings"]:
+        model, vmapped, sequential = entry["model"], entry["vmapped"], entry["sequential"]
+        lines.append(
+            f"| GPT-2 {model['n_layer']}×{model['d_model']}, {model['parameters'] / 1e3:.0f} k params | "
+            f"{entry['episodes_per_iteration']}, {entry['minibatch_size']} | {vmapped['episodes_per_s']:,.0f} | "
+            f"{sequential['episodes_per_s']:,.0f} | {entry['speedup']:.2f}× | {vmapped['gflops_per_s']:.1f} | "
+            f"{sequential['gflops_per_s']:.1f} | {vmapped['cores_busy']:.2f} / {sequential['cores_busy']:.2f} |"
+        )
+    return lines
+
+
 def generate(results: Path = RESULTS) -> str:
     sections: list[list[str]] = []
+    scaling = _load("sweep_scaling", results)
+    if scaling and scaling.get("settings"):
+        sections.append(sweep_scaling_section(scaling))
     trl = _load("ppo_vs_trl", results)
     if trl:
         sections.append(trl_section(trl))
