@@ -29,8 +29,13 @@ def test_train_end_to_end_writes_a_readable_run(tmp_path, capsys):
     curves = list(csv.DictReader(open(run / "curves.csv")))
     assert len(curves) == 4 * 4  # 4 runs × 4 iterations
     assert "policy/clipfrac" in curves[0] and "objective/kl" in curves[0]
+    # the untrained policies, evaluated on the same partitions before training
+    baseline = list(csv.DictReader(open(run / "baseline.csv")))
+    assert [(r["task_id"], r["partition"], r["decoding"]) for r in baseline] == [(r["task_id"], r["partition"], r["decoding"]) for r in rows]
+    assert [r["score"] for r in baseline] != [r["score"] for r in rows]
     out = capsys.readouterr().out
     assert "use_target" in out and "contains-1" in out
+    assert "score before -> after training" in out
 
     # the run directory is never silently overwritten
     assert main(["train", SMOKE, "--out-dir", str(tmp_path), "--no-report"]) == 2

@@ -442,6 +442,34 @@ def _scores_section(analysis: Analysis) -> list[Block]:
     return blocks
 
 
+def _baseline_section(analysis: Analysis) -> list[Block]:
+    """Mean score per task and partition before and after training (runs with baseline.csv)."""
+    rows = []
+    decoding = analysis.headline_decoding
+    for run in analysis.runs:
+        if run.baseline is None:
+            continue
+        before = run.baseline[run.baseline["decoding"] == decoding].groupby(["task_id", "task_name", "partition"])["score"].mean()
+        after = run.results[run.results["decoding"] == decoding].groupby(["task_id", "task_name", "partition"])["score"].mean()
+        for task_id, task_name in sorted({(t, n) for t, n, _ in after.index}):
+            cells = [
+                f"{before.get((task_id, task_name, part), float('nan')):.2f} → {after[(task_id, task_name, part)]:.2f}"
+                if (task_id, task_name, part) in after.index else "–"
+                for part in PARTITIONS
+            ]
+            rows.append([_task_label(analysis, run.group, task_name), *cells])
+    if not rows:
+        return []
+    return [
+        Heading(2, "Before and after training"),
+        Paragraph(
+            f"Mean test score per partition ({decoding} decoding) of the untrained policies (baseline.csv) → the trained "
+            "ones (results.csv), over all rates and seeds, failed runs included. Training works when both and neither rise."
+        ),
+        Table(["task", *PARTITIONS], rows),
+    ]
+
+
 def _h1_section(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "H1: relative extractability vs use of the target")]
     if analysis.extractability is None:
@@ -600,6 +628,7 @@ def build_blocks(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block
     blocks += _runs_section(analysis)
     blocks += _excluded_section(analysis)
     blocks += _scores_section(analysis)
+    blocks += _baseline_section(analysis)
     blocks += _h1_section(analysis, figure_paths)
     blocks += _h2_section(analysis, figure_paths)
     blocks += _curves_section(analysis, figure_paths)

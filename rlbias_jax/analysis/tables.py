@@ -66,6 +66,7 @@ class Run:
     curves: pd.DataFrame | None
     extractability: pd.DataFrame | None
     notes: tuple[str, ...] = ()
+    baseline: pd.DataFrame | None = None  # baseline.csv: the untrained policies' scores (optional)
 
     @property
     def status(self) -> str:
@@ -218,8 +219,13 @@ def load_run(path: Path | str) -> Run:
     else:
         notes.append("extractability.csv is missing (run made with probing off): H1 cannot be tested.")
 
+    baseline = None
+    baseline_file = path / "baseline.csv"
+    if baseline_file.is_file():
+        baseline = _validate_results(_read_table(baseline_file, RESULTS_COLUMNS), baseline_file)
+
     group = str(manifest.get("name") or path.name)
-    return Run(path, group, manifest, results, curves, extractability, tuple(notes))
+    return Run(path, group, manifest, results, curves, extractability, tuple(notes), baseline)
 
 
 def check_compatible(runs: list[Run]) -> None:
