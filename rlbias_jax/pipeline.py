@@ -186,7 +186,7 @@ def summary_lines(results: list[dict], baseline: list[dict] | None = None) -> li
              f"{'task':<24}" + "".join(f"p={rate:<8g}" for rate in rates)]
     for task in tasks:
         cells = "".join(f"{np.mean(table[(task, rate)]):<10.3f}" for rate in rates)
-        lines.append(f"{task:<3}{names[task]:<21}{cells}")
+        lines.append(f"{task:<3}{names[task][:20]:<21}{cells}")
     partitions = {}
     for row in results:
         if row["decoding"] == "sample":
