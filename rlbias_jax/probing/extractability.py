@@ -44,6 +44,7 @@ from rlbias_jax.models.gpt2 import GPT2, GPT2Config
 from rlbias_jax.probing.blocks import balanced_order, block_ends, block_starts
 from rlbias_jax.probing.online_code import Lanes, OnlineCode, Schedule
 from rlbias_jax.probing.probes import ProbeModel, finetune_probe, frozen_probe, layer_features, policy_probe
+from rlbias_jax.rl.toy import toy_model_config
 from rlbias_jax.tasks import toy
 
 PROBE_MODES = ("finetune", "policy", "frozen")
@@ -185,19 +186,6 @@ def frozen_lanes(keys: dict, tokens: jax.Array, labels: jax.Array, seeds: int, f
 # ONE TASK
 
 
-def toy_policy_config(config: Config) -> GPT2Config:
-    """The RL policy's GPT-2 (vocabulary V + 2: PAD/EOS = V, UNK = V + 1)."""
-    return GPT2Config(
-        vocab_size=config.task.vocab_size + 2,
-        n_layer=config.model.n_layer,
-        n_head=config.model.n_head,
-        d_model=config.model.d_model,
-        max_len=config.model.max_len,
-        dtype=config.model.dtype,
-        param_dtype=config.model.param_dtype,
-    )
-
-
 def make_schedule(config: Config) -> Schedule:
     probe = config.probe
     return Schedule(
@@ -219,7 +207,7 @@ def make_probe(config: Config) -> ProbeModel:
             ff=probe.encoder_ff, layers=probe.encoder_layers, dropout=probe.dropout, head_dropout=probe.head_dropout,
         )
     if probe.mode == "policy":
-        return policy_probe(toy_policy_config(config), seq_len)
+        return policy_probe(toy_model_config(config), seq_len)
     if probe.mode == "frozen":
         return frozen_probe(config.model.d_model, kind=probe.frozen_head, hidden=probe.frozen_mlp_width)
     raise ValueError(f"unknown probe mode {probe.mode!r}; known: {', '.join(PROBE_MODES)}")
@@ -227,7 +215,7 @@ def make_probe(config: Config) -> ProbeModel:
 
 def _random_policy_features(config: Config, key: jax.Array) -> Callable[[int, jax.Array], jax.Array]:
     """features(seed, tokens) of a randomly initialised policy, one initialisation per probe seed."""
-    init, apply = _random_policy_functions(toy_policy_config(config), config.task.seq_len)
+    init, apply = _random_policy_functions(toy_model_config(config), config.task.seq_len)
     return lambda seed, tokens: layer_features(apply, init(jax.random.fold_in(key, seed)), tokens)
 
 

@@ -268,31 +268,16 @@ def evaluate_runs(config: Config, setup: NLSetup, states: RunState, specs: list[
     """Normalised score and raw reward per test partition for every run (docs/run_directory.md)."""
     base = jax.random.key(config.run.seed)
     evaluate = make_evaluate(setup)
-    run_count = len(specs)
-    trainable = jax.tree.map(lambda x: x[:run_count], states.train.params)
-    failed = np.asarray(states.failed)[:run_count]
-    failed_iteration = np.asarray(states.failed_iteration)[:run_count]
-    decodings = ["sample", "greedy"] if config.eval.greedy else ["sample"]
-    rows = []
-    for partition in nl_tasks.PARTITIONS:
+
+    def partition_inputs(partition: str):
         prompts = jnp.asarray(np.stack([task_data[spec.task_id].test[partition].tokens for spec in specs]))
         labels = jnp.full(prompts.shape[:2], nl_tasks.PARTITION_LABELS[partition], jnp.int32)
         keys = jnp.stack([_stream(base, _EVAL, spec.task_id, spec.rate_index, spec.seed, nl_tasks.PARTITIONS.index(partition))
                           for spec in specs])
-        for decoding in decodings:
-            rewards = np.asarray(evaluate(trainable, shared, prompts, labels, keys, greedy=decoding == "greedy"))
-            for index, spec in enumerate(specs):
-                rows.append({
-                    "task_id": spec.task_id,
-                    "task_name": spec.task_name,
-                    "s_only_rate": spec.s_only_rate,
-                    "seed": spec.seed,
-                    "decoding": decoding,
-                    "partition": partition,
-                    "score": float(normalised_score(rewards[index])),
-                    "raw_reward": float(rewards[index]),
-                    "n_examples": int(prompts.shape[1]),
-                    "status": "failed" if failed[index] else "ok",
-                    "failed_iteration": int(failed_iteration[index]),
-                })
-    return rows
+        return prompts, labels, keys
+
+    def evaluate_with_shared(trainable, prompts, labels, keys, greedy: bool):
+        return evaluate(trainable, shared, prompts, labels, keys, greedy=greedy)
+
+    return sweep.evaluation_rows(specs, states, nl_tasks.PARTITIONS, sweep.decodings(config.eval.greedy),
+                                 partition_inputs, evaluate_with_shared, score_of=normalised_score)

@@ -113,6 +113,52 @@ def make_evaluate(policy: Policy) -> Callable:
     return jax.jit(evaluate, static_argnames=("greedy",), compiler_options=compiler_options())
 
 
+def decodings(greedy: bool) -> list[str]:
+    """The evaluation's decodings: sampled always, greedy when configured (eval.greedy)."""
+    return ["sample", "greedy"] if greedy else ["sample"]
+
+
+def evaluation_rows(
+    specs: list[RunSpec],
+    states: RunState,
+    partitions: tuple[str, ...],
+    decoding_names: list[str],
+    partition_inputs: Callable[[str], tuple[jax.Array, jax.Array, jax.Array]],
+    evaluate: Callable[..., jax.Array],
+    score_of: Callable[[float], float] = float,
+) -> list[dict]:
+    """The rows of results.csv (docs/run_directory.md) for every run × partition × decoding.
+
+    partition_inputs(partition) -> (prompts[R, n, P], labels[R, n], keys[R]), built once per
+    partition; evaluate(params[R], prompts, labels, keys, greedy=) -> mean raw reward[R];
+    score_of maps a raw mean reward to the row's score. Padding runs (beyond specs) are dropped.
+    """
+    run_count = len(specs)
+    params = jax.tree.map(lambda x: x[:run_count], states.train.params)
+    failed = np.asarray(states.failed)[:run_count]
+    failed_iteration = np.asarray(states.failed_iteration)[:run_count]
+    rows = []
+    for partition in partitions:
+        prompts, labels, keys = partition_inputs(partition)
+        for decoding in decoding_names:
+            rewards = np.asarray(evaluate(params, prompts, labels, keys, greedy=decoding == "greedy"))
+            for index, spec in enumerate(specs):
+                rows.append({
+                    "task_id": spec.task_id,
+                    "task_name": spec.task_name,
+                    "s_only_rate": spec.s_only_rate,
+                    "seed": spec.seed,
+                    "decoding": decoding,
+                    "partition": partition,
+                    "score": float(score_of(rewards[index])),
+                    "raw_reward": float(rewards[index]),
+                    "n_examples": int(prompts.shape[1]),
+                    "status": "failed" if failed[index] else "ok",
+                    "failed_iteration": int(failed_iteration[index]),
+                })
+    return rows
+
+
 @dataclasses.dataclass
 class ChunkReport:
     iteration: int

@@ -9,7 +9,6 @@ different rates are drawn from the same pools); its rollout stream on
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -22,7 +21,7 @@ from rlbias_jax.models.heads import PolicyValueModel
 from rlbias_jax.models.sampling import SamplingConfig
 from rlbias_jax.rl.ppo import make_optimizer
 from rlbias_jax.rl.rewards import batch_reward
-from rlbias_jax.rl.sweep import RunSpec, make_evaluate
+from rlbias_jax.rl.sweep import RunSpec, decodings, evaluation_rows, make_evaluate
 from rlbias_jax.rl.train import Policy, RunData, RunState, init_run_state
 from rlbias_jax.tasks.toy import PARTITIONS, TASK_NAMES, make_test_sets, make_training_set
 
@@ -31,6 +30,7 @@ _INIT, _DATA, _ROLLOUT, _TEST, _EVAL = range(5)
 
 
 def toy_model_config(config: Config) -> GPT2Config:
+    """The RL policy's GPT-2 (vocabulary V + 2: PAD/EOS = V, UNK = V + 1); the policy-mode probes use it too."""
     return GPT2Config(
         vocab_size=config.task.vocab_size + 2,
         n_layer=config.model.n_layer,
@@ -137,35 +137,15 @@ PARTITION_LABELS = {"both": 1, "neither": 0, "s_only": 0, "t_only": 1}
 def evaluate_runs(config: Config, policy: Policy, states: RunState, specs: list[RunSpec]) -> list[dict]:
     """Mean reward per test partition for every run (sampled, and greedy if configured)."""
     base = jax.random.key(config.run.seed)
-    evaluate = make_evaluate(policy)
     sets = test_sets(config)
-    run_count = len(specs)
-    params = jax.tree.map(lambda x: x[:run_count], states.train.params)
-    failed = np.asarray(states.failed)[:run_count]
-    failed_iteration = np.asarray(states.failed_iteration)[:run_count]
-    decodings = ["sample", "greedy"] if config.eval.greedy else ["sample"]
-    rows = []
-    for partition in PARTITIONS:
+
+    def partition_inputs(partition: str):
         prompts = jnp.stack([sets[spec.task_id][partition] for spec in specs])
         labels = jnp.full(prompts.shape[:2], PARTITION_LABELS[partition], jnp.int32)
         keys = jnp.stack([_stream(base, _EVAL, spec.task_id, spec.rate_index, spec.seed, PARTITIONS.index(partition)) for spec in specs])
-        for decoding in decodings:
-            scores = np.asarray(evaluate(params, prompts, labels, keys, greedy=decoding == "greedy"))
-            for index, spec in enumerate(specs):
-                rows.append({
-                    "task_id": spec.task_id,
-                    "task_name": spec.task_name,
-                    "s_only_rate": spec.s_only_rate,
-                    "seed": spec.seed,
-                    "decoding": decoding,
-                    "partition": partition,
-                    "score": float(scores[index]),
-                    "raw_reward": float(scores[index]),
-                    "n_examples": int(prompts.shape[1]),
-                    "status": "failed" if failed[index] else "ok",
-                    "failed_iteration": int(failed_iteration[index]),
-                })
-    return rows
+        return prompts, labels, keys
+
+    return evaluation_rows(specs, states, PARTITIONS, decodings(config.eval.greedy), partition_inputs, make_evaluate(policy))
 
 
 def use_target_table(rows: list[dict], decoding: str = "sample") -> dict[tuple[int, float], list[float]]:
