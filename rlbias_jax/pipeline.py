@@ -174,6 +174,9 @@ def run_toy_sweep(config: Config, run_dir: Path, manifest: dict, progress: Progr
     return run_sweep_phase(config, run_dir, manifest, progress, resume, plan, baseline=config.eval.baseline)
 
 
+_PARTITIONS = ("both", "neither", "s_only", "t_only")  # the same names in the toy and NL experiments
+
+
 def summary_lines(results: list[dict], baseline: list[dict] | None = None) -> list[str]:
     """use_target per task × rate (mean over seeds; sampled decoding) as printable lines."""
     from rlbias_jax.rl.toy import use_target_table
@@ -187,12 +190,9 @@ def summary_lines(results: list[dict], baseline: list[dict] | None = None) -> li
     for task in tasks:
         cells = "".join(f"{np.mean(table[(task, rate)]):<10.3f}" for rate in rates)
         lines.append(f"{task:<3}{names[task][:20]:<21}{cells}")
-    partitions = {}
-    for row in results:
-        if row["decoding"] == "sample":
-            partitions.setdefault((row["task_id"], row["partition"]), []).append(row["score"])
+    means = _mean_scores(results)
     lines.append("mean score per partition (all rates and seeds): " + "; ".join(
-        f"task {task} " + " ".join(f"{part}={np.mean(partitions[(task, part)]):.2f}" for part in ("both", "neither", "s_only", "t_only"))
+        f"task {task} " + " ".join(f"{part}={means[(task, part)]:.2f}" for part in _PARTITIONS)
         for task in tasks
     ))
     if baseline:
@@ -212,7 +212,7 @@ def _mean_scores(rows: list[dict]) -> dict[tuple[int, str], float]:
 def baseline_lines(baseline: list[dict], results: list[dict]) -> list[str]:
     """Mean score per task and partition before -> after training (sampled decoding)."""
     before, after = _mean_scores(baseline), _mean_scores(results)
-    partitions = ("both", "neither", "s_only", "t_only")
+    partitions = _PARTITIONS
     lines = ["score before -> after training (mean over rates and seeds, sampled decoding)",
              f"{'task':<6}" + "".join(f"{part:<16}" for part in partitions)]
     for task in sorted({task for task, _ in after}):

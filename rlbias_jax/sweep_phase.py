@@ -57,17 +57,19 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         atomic_write_csv(path, rows)
 
 
-def run_baseline(plan: SweepPlan, run_dir: Path, progress: Progress) -> list[dict]:
-    """Evaluate the untrained policies once (skipped when baseline.csv exists: a resume)."""
-    path = run_dir / BASELINE_FILE
-    if path.is_file():
-        return read_csv(path)
+def run_baseline(plan: SweepPlan, run_dir: Path, manifest: dict, progress: Progress, resume: bool) -> None:
+    """Evaluate the untrained policies once into baseline.csv (kept as it is on a resume).
+
+    Only a resume may skip it: on a fresh run every process evaluates, whatever process 0
+    has already written, so that all of them take the same path."""
+    if resume and (run_dir / BASELINE_FILE).is_file():
+        return
     started = time.perf_counter()
     progress("evaluating the untrained policies on the held-out test partitions (baseline)")
-    rows = plan.evaluate(distributed.to_host(plan.states))
-    _write_csv(path, rows)
-    progress(f"  baseline evaluated in {time.perf_counter() - started:.1f} s")
-    return rows
+    _write_csv(run_dir / BASELINE_FILE, plan.evaluate(distributed.to_host(plan.states)))
+    seconds = time.perf_counter() - started
+    manifest["phases"]["baseline"] = {"wall_time_s": round(seconds, 2)}
+    progress(f"  baseline evaluated in {seconds:.1f} s")
 
 
 def run_sweep_phase(config: Config, run_dir: Path, manifest: dict, progress: Progress, resume: bool,
@@ -75,10 +77,7 @@ def run_sweep_phase(config: Config, run_dir: Path, manifest: dict, progress: Pro
     """Train every run of the plan and evaluate it; returns the rows of results.csv."""
     specs = plan.specs
     if baseline:
-        baseline_started = time.perf_counter()
-        if not (run_dir / BASELINE_FILE).is_file():
-            run_baseline(plan, run_dir, progress)
-            manifest["phases"]["baseline"] = {"wall_time_s": round(time.perf_counter() - baseline_started, 2)}
+        run_baseline(plan, run_dir, manifest, progress, resume)
     started = time.perf_counter()
     mesh = sweep.run_mesh()
     padded = sweep.padded_run_count(len(specs), mesh)
