@@ -22,7 +22,7 @@ from common import REPO, load_average, machine, write_json  # noqa: E402
 
 from rlbias_jax.cli import _parse_override  # noqa: E402
 from rlbias_jax.config import load_config  # noqa: E402
-from rlbias_jax.pipeline import run_experiment  # noqa: E402
+from rlbias_jax.experiments.runner import run_experiment  # noqa: E402
 
 DEFAULT_OVERRIDES = {"task.task_ids": [1], "sweep.s_only_rates": [0.0, 0.5], "sweep.seeds": 4, "ppo.iterations": 30}
 

@@ -20,7 +20,7 @@ from common import REPO, load_average, machine, median, write_json  # noqa: E402
 
 from rlbias_jax.cli import _parse_override  # noqa: E402
 from rlbias_jax.config import load_config  # noqa: E402
-from rlbias_jax.pipeline import run_experiment  # noqa: E402
+from rlbias_jax.experiments.runner import run_experiment  # noqa: E402
 
 
 def main() -> None:

@@ -29,13 +29,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, best_time, machine, write_json  # noqa: E402
 
 from rlbias_jax.config import load_config, replace  # noqa: E402
+from rlbias_jax.experiments.runner import measure_extractability  # noqa: E402
+from rlbias_jax.experiments.toy import ToyExperiment  # noqa: E402
 from rlbias_jax.probing import extractability as ex  # noqa: E402
 from rlbias_jax.probing.blocks import block_ends  # noqa: E402
 from rlbias_jax.probing.online_code import OnlineCode, online_code_block_by_block  # noqa: E402
@@ -43,21 +44,15 @@ from rlbias_jax.probing.online_code import OnlineCode, online_code_block_by_bloc
 
 def problem(config, task_id: int):
     """inputs, labels, lanes of one task, built exactly as `measure_extractability` builds them."""
-    key = jax.random.fold_in(jax.random.key(0), task_id)
-    data_key, order_key, init_key, train_key, model_key = jax.random.split(key, 5)
-    keys = {"order": order_key, "init": init_key, "train": train_key}
-    sets = [ex.probing_set(jax.random.fold_in(data_key, p), task_id, probe, config.probe.probe_size,
-                           config.task.vocab_size, config.task.seq_len) for p, probe in enumerate(ex.PROBES)]
-    tokens, labels = jnp.stack([s[0] for s in sets]), jnp.stack([s[1] for s in sets])
-    if config.probe.mode == "frozen":
-        features_fn = ex._random_policy_features(config, model_key)
-        return ex.frozen_lanes(keys, tokens, labels, config.probe.seeds, features_fn)
-    return ex.model_lanes(keys, tokens, labels, config.probe.seeds)
+    task = ToyExperiment(config).probe_task(jax.random.key(0), task_id)
+    if task.features_fn is not None:
+        return ex.frozen_lanes(task.keys, task.tokens, task.labels, config.probe.seeds, task.features_fn)
+    return ex.model_lanes(task.keys, task.tokens, task.labels, config.probe.seeds)
 
 
 def time_mode(config, task_id: int, repeats: int, vectorize_options: list[str]) -> dict:
     inputs, labels, infos, lanes = problem(config, task_id)
-    probe, schedule = ex.make_probe(config), ex.make_schedule(config)
+    probe, schedule = ToyExperiment(config).probe_model(), ex.make_schedule(config)
     ends = block_ends(config.probe.probe_size)
     steps = schedule.steps(ends)
     result = {
@@ -115,7 +110,7 @@ def compare_schedules(config, progress) -> dict:
     out = {}
     for name, cfg in (("default", config), ("original_10_epochs_of_64", original)):
         started = time.perf_counter()
-        result = ex.measure_extractability(cfg, jax.random.key(1), progress=progress)
+        result = measure_extractability(ToyExperiment(cfg), jax.random.key(1), progress=progress)
         out[name] = {
             "schedule": dataclasses.asdict(ex.make_schedule(cfg)),
             "wall_seconds_all_tasks_incl_compile": round(time.perf_counter() - started, 2),

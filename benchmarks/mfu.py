@@ -33,7 +33,9 @@ from common import PAPER, SMALL, Setting, load_average, machine, median, ppo_flo
 from rlbias_jax.models.gpt2 import GPT2, GPT2Config  # noqa: E402
 from rlbias_jax.models.heads import PolicyValueModel  # noqa: E402
 from rlbias_jax.models.sampling import SamplingConfig  # noqa: E402
-from rlbias_jax.rl import ppo, sweep, toy, train  # noqa: E402
+from rlbias_jax.experiments.base import run_specs  # noqa: E402
+from rlbias_jax.experiments.toy import ToyExperiment  # noqa: E402
+from rlbias_jax.rl import ppo, sweep, train  # noqa: E402
 
 # GPT-2 small (124M) on synthetic prompts, for the GPU check: 64-token prompts, 64-token responses.
 GPT2_SMALL = Setting("gpt2_small", n_layer=12, d_model=768, n_head=12, episodes=256, minibatch=32, epochs=1)
@@ -62,12 +64,11 @@ def gemm_sizes() -> list[int]:
 
 def toy_pieces(setting: Setting):
     config = toy_config(setting)
-    model, model_config, policy = toy.toy_policy(config)
-    specs = toy.run_specs(config)
-    states, reference = toy.initial_states(config, model, policy, specs)
-    data = toy.training_data(config, specs)
+    experiment = ToyExperiment(config)
+    specs = run_specs(config, experiment.task_names)
+    states, data = experiment.initial_states(specs), experiment.training_data(specs)
     prompts = data.prompts[0, : setting.episodes]
-    return config.ppo, model_config, policy, states, data, reference, prompts
+    return config.ppo, experiment.model_config, experiment.policy, states, data, experiment.shared(specs).value, prompts
 
 
 def gpt2_small_pieces(setting: Setting):
@@ -107,7 +108,7 @@ def phase_fns(setting: Setting, model_name: str) -> tuple[dict, dict, dict]:
     rollout = jax.jit(lambda p, x, k: train.rollout(policy, p, x, k))
     teacher = jax.jit(lambda p, t: ppo.response_statistics(policy.apply_fn, p, t, response_len, ppo_config.temperature))
     update = jax.jit(lambda s, e, k: ppo.ppo_update(s, e, k, policy.apply_fn, policy.optimizer, ppo_config))
-    chunk = sweep.make_train_chunk(policy, ppo_config, per_run_reference=False)
+    chunk = sweep.make_train_chunk(lambda reference: (policy, reference), ppo_config, shared_axis=None)
 
     tokens, _, mask = rollout(params, prompts, jax.random.key(3))
     logprobs, values, _ = teacher(params, tokens)

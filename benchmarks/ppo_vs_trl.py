@@ -42,7 +42,9 @@ from common import (  # noqa: E402
 )
 
 from rlbias_jax.config import Config, load_config, replace  # noqa: E402
-from rlbias_jax.rl import sweep, toy  # noqa: E402
+from rlbias_jax.experiments.base import run_specs  # noqa: E402
+from rlbias_jax.experiments.toy import ToyExperiment  # noqa: E402
+from rlbias_jax.rl import sweep  # noqa: E402
 
 VENV = REPO / ".venv-trl"
 
@@ -73,12 +75,13 @@ def ensure_trl_venv() -> Path:
 def our_side(config: Config, runs: int, iterations_per_call: int, calls: int):
     """Compile and run one chunk; returns (model config, data, seconds of that first call,
     a function timing `calls` further chunk calls -> seconds per iteration each)."""
-    model, model_config, policy = toy.toy_policy(config)
-    specs = toy.run_specs(config)
+    experiment = ToyExperiment(config)
+    model_config = experiment.model_config
+    specs = run_specs(config, experiment.task_names)
     assert len(specs) == runs, (len(specs), runs)
-    states, reference = toy.initial_states(config, model, policy, specs)
-    data = toy.training_data(config, specs)
-    train_chunk = sweep.make_train_chunk(policy, config.ppo, per_run_reference=config.ppo.kl_coef > 0)
+    states, data, shared = experiment.initial_states(specs), experiment.training_data(specs), experiment.shared(specs)
+    reference = shared.value
+    train_chunk = sweep.make_train_chunk(experiment.build_policy, config.ppo, shared.axis)
     holder = {"states": states}
 
     cpu_per_iteration: list[float] = []
@@ -186,7 +189,7 @@ def compare_sweep(python: Path, args) -> dict:
     _, data, first_call, timed_block = our_side(config, runs, args.iterations_per_call, 1)
     ours = timed_block()
     one_run = replace(config, task={"task_ids": (config.task.task_ids[0],)}, sweep={"s_only_rates": (0.0,), "seeds": 1})
-    one_data = toy.training_data(one_run, toy.run_specs(one_run))
+    one_data = ToyExperiment(one_run).training_data(run_specs(one_run, ToyExperiment(one_run).task_names))
     print("[sweep] TRL: one run ...", flush=True)
     trl = run_trl(python, trl_settings(one_run, one_data, args.trl_updates + args.trl_warmup, args.trl_warmup, ""))
     ours += timed_block()

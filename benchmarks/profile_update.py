@@ -27,7 +27,9 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PAPER, SMALL, load_average, machine, ppo_flops_per_episode, toy_config, write_json  # noqa: E402
 
-from rlbias_jax.rl import ppo, toy, train  # noqa: E402
+from rlbias_jax.experiments.base import run_specs  # noqa: E402
+from rlbias_jax.experiments.toy import ToyExperiment  # noqa: E402
+from rlbias_jax.rl import ppo, train  # noqa: E402
 
 
 def op_kind(name: str) -> str | None:
@@ -52,9 +54,10 @@ def main() -> None:
 
     setting = dataclasses.replace({"paper_4x256": PAPER, "small_2x128": SMALL}[args.setting], dtype=args.dtype, epochs=1)
     config = toy_config(setting)
-    model, model_config, policy = toy.toy_policy(config)
-    states, _ = toy.initial_states(config, model, policy, toy.run_specs(config))
-    data = toy.training_data(config, toy.run_specs(config))
+    experiment = ToyExperiment(config)
+    specs = run_specs(config, experiment.task_names)
+    model_config, policy = experiment.model_config, experiment.policy
+    states, data = experiment.initial_states(specs), experiment.training_data(specs)
     params = jax.tree.map(lambda x: x[0], states.train.params)
     prompts = data.prompts[0, : setting.episodes]
     tokens, _, mask = jax.jit(lambda p, x, k: train.rollout(policy, p, x, k))(params, prompts, jax.random.key(0))

@@ -23,17 +23,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, ppo_flops_per_episode, timed_call, write_json  # noqa: E402
 
 from rlbias_jax.config import load_config, replace  # noqa: E402
-from rlbias_jax.rl import sweep, toy  # noqa: E402
+from rlbias_jax.experiments.base import run_specs  # noqa: E402
+from rlbias_jax.experiments.toy import ToyExperiment  # noqa: E402
+from rlbias_jax.rl import sweep  # noqa: E402
 
 
 def measure(config, runs: int, iterations: int, repeats: int) -> dict:
     """Best-of-`repeats` wall and CPU seconds of both sides for one batch setting."""
     config = replace(config, task={"task_ids": (1,)}, sweep={"s_only_rates": (0.0,), "seeds": runs})
-    model, model_config, policy = toy.toy_policy(config)
-    specs = toy.run_specs(config)
-    states, reference = toy.initial_states(config, model, policy, specs)
-    data = toy.training_data(config, specs)
-    train_chunk = sweep.make_train_chunk(policy, config.ppo, per_run_reference=True)
+    experiment = ToyExperiment(config)
+    model_config = experiment.model_config
+    specs = run_specs(config, experiment.task_names)
+    states, data, shared = experiment.initial_states(specs), experiment.training_data(specs), experiment.shared(specs)
+    reference = shared.value
+    train_chunk = sweep.make_train_chunk(experiment.build_policy, config.ppo, shared.axis)
 
     def take(tree, index):
         return jax.tree.map(lambda x: x[index : index + 1], tree)

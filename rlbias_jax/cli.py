@@ -97,32 +97,23 @@ def _user_errors() -> tuple[type, ...]:
 
 def _dispatch(args) -> int:
     if args.command == "validate":
-        from rlbias_jax.pipeline import check_inputs
+        from rlbias_jax.experiments.runner import check_inputs
 
         config = _load(args)
         check_inputs(config)
         print(json.dumps(config.to_dict(), indent=2, default=list))
         return 0
     if args.command in ("run", "train"):
-        from rlbias_jax.pipeline import run_experiment
+        from rlbias_jax.experiments.runner import run_experiment
 
         config = _load(args)
         run_experiment(config, resume=args.resume, overwrite=args.overwrite, out_dir=args.out_dir,
                        probe=False if args.command == "train" else None, report=False if args.no_report else None)
         return 0
     if args.command == "probe":
-        from rlbias_jax import distributed
-        from rlbias_jax.pipeline import check_inputs, default_progress, run_probe_phase, start_run
+        from rlbias_jax.experiments.runner import probe_only
 
-        config = _load(args)
-        distributed.initialize(config.run)
-        check_inputs(config)
-        run_dir, manifest = start_run(config, resume=False, overwrite=args.overwrite, out_dir=args.out_dir)
-        run_probe_phase(config, run_dir, manifest, default_progress)
-        manifest["status"] = "partial"
-        from rlbias_jax.runs import atomic_write_json
-
-        atomic_write_json(run_dir / "manifest.json", manifest)
+        run_dir = probe_only(_load(args), overwrite=args.overwrite, out_dir=args.out_dir)
         print(f"extractability table: {run_dir / 'extractability.csv'}")
         return 0
     if args.command == "report":

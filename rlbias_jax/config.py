@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 TOY_TASK_IDS = (1, 2, 3, 4, 5)
 NL_TASK_IDS = (1, 2, 5, 22, 23)
-PARTITIONS = ("both", "neither", "s_only", "t_only")
 
 
 class ConfigError(ValueError):
@@ -401,9 +400,20 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {error.start} is 0x{error.object[error.start]:02x}); "
+                          "a config is TOML, e.g. configs/toy_default.toml") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    if not data and not overrides:
+        # an empty file would otherwise start a full run with every default
+        raise ConfigError(f"{path}: the config is empty; it needs at least a [run] section "
+                          "(e.g. [run] name = \"my_run\"; start from configs/toy_default.toml)")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         _require(bool(key), dotted, "override must look like section.key=value")

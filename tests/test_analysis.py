@@ -308,7 +308,7 @@ def test_scores_have_one_row_per_run_present_in_a_ragged_sweep(tmp_path):
 
 
 def test_toy_summary_table_is_the_reports_use_target(tmp_path):
-    from rlbias_jax.rl.toy import use_target_table
+    from rlbias_jax.analysis.summary import use_target_table
 
     results = pd.read_csv(write_run(tmp_path / "run", rates=(0.0, 0.1), seeds=3, decodings=("sample", "greedy")) / "results.csv")
     table = use_target_table(results.to_dict("records"))

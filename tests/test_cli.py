@@ -51,6 +51,24 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"[run]\nname = \"caf\xe9\"\n", "not a UTF-8 text file (byte 17 is 0xe9)"),  # Latin-1, as a Windows editor may save it
+    (b"\xff\xfe[\x00r\x00u\x00n\x00]\x00", "not a UTF-8 text file (byte 0 is 0xff)"),  # UTF-16
+    (b"[run\nname = 1\n", "invalid TOML"),
+    (b"", "the config is empty; it needs at least a [run] section"),
+    (b"# only a comment\n\n", "the config is empty; it needs at least a [run] section"),
+])
+def test_unreadable_or_empty_configs_are_one_line_before_compute(tmp_path, content, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(content)
+    result = subprocess.run([sys.executable, "-m", "rlbias_jax.cli", "run", str(bad), "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"rlbias: error: {bad}: ")
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == [bad]  # nothing was started
+
+
 def test_help_lists_commands():
     result = subprocess.run([sys.executable, "-m", "rlbias_jax.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0

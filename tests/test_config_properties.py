@@ -166,7 +166,7 @@ def test_the_float_checks_reject_non_finite_values():
 
 
 def test_paths_named_by_a_config_are_checked_before_compute(tmp_path):
-    from rlbias_jax.pipeline import check_inputs
+    from rlbias_jax.experiments.runner import check_inputs
 
     toy = config_from_dict({"model": {"source": "some/model"}})
     _expect_field(lambda: check_inputs(toy), "model.source")

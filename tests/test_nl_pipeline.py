@@ -8,7 +8,7 @@ from test_nl_fixtures import tiny_policy_folder
 
 from rlbias_jax.cli import main
 from rlbias_jax.config import ConfigError, config_from_dict, load_config
-from rlbias_jax.pipeline import run_experiment
+from rlbias_jax.experiments.runner import run_experiment
 
 
 def _config(policy, **overrides):

@@ -15,7 +15,10 @@ from rlbias_jax.models import split
 from rlbias_jax.models.gpt2 import GPT2, GPT2Config
 from rlbias_jax.models.heads import PolicyValueModel
 from rlbias_jax.models.llama import Llama, LlamaConfig
-from rlbias_jax.rl import nl, sentiment
+from rlbias_jax.experiments import nl
+from rlbias_jax.experiments.base import run_specs
+from rlbias_jax.experiments.sweep_phase import evaluation_rows
+from rlbias_jax.rl import sentiment, sweep
 from rlbias_jax.rl.kl import adaptive_kl_update
 from rlbias_jax.rl.train import per_token_rewards
 
@@ -92,27 +95,29 @@ def tiny_setup(tmp_path_factory):
                 "gamma": 1.0, "value_clip_eps": 0.2, "value_coef": 0.1},
         "sweep": {"s_only_rates": [0.0, 0.5], "seeds": 1},
     })
-    setup = nl.load_setup(config, progress=lambda _: None)
+    experiment = nl.NLExperiment(config)
+    experiment.prepare(progress=lambda _: None)
+    setup = experiment.setup
     # a dense lexicon (every token has a valence), so that a random tiny policy gets a learning signal
     table = setup.reward.table
     valence = jax.random.normal(jax.random.key(5), table.valence.shape)
-    setup = dataclasses.replace(setup, reward=sentiment.LexiconReward(
+    experiment.setup = dataclasses.replace(setup, reward=sentiment.LexiconReward(
         sentiment.LexiconTable(valence=valence, negator=table.negator, continues=jnp.zeros_like(table.continues))))
-    return config, setup, nl.build_all_task_data(config, setup.tokenizer)
+    return experiment
 
 
 def test_sweep_chunk_shares_frozen_weights_and_reference(tiny_setup):
-    config, setup, task_data = tiny_setup
-    specs = nl.run_specs(config)
-    states = nl.initial_states(config, setup, specs)
-    data = nl.training_data(config, specs, task_data)
-    shared = setup.shared()
+    experiment = tiny_setup
+    specs = run_specs(experiment.config, experiment.task_names)
+    states = experiment.initial_states(specs)
+    data = experiment.training_data(specs)
+    shared = experiment.shared(specs).value
     runs = len(specs)
     # per run: only the trainable top; shared once: the frozen trunk and the reference top
     assert all(leaf.shape[0] == runs for leaf in jax.tree.leaves(states.train.params))
     assert jax.tree.structure(shared.reference) == jax.tree.structure(jax.tree.map(lambda x: x[0], states.train.params))
     assert "layers_0" in shared.frozen["lm"] and "layers_0" not in states.train.params["lm"]
-    chunk = nl.make_train_chunk(setup)
+    chunk = sweep.make_train_chunk(experiment.build_policy, experiment.config.ppo, shared_axis=None)
     old_params = jax.tree.map(np.asarray, states.train.params)  # the chunk donates `states`
     new_states, metrics = chunk(states, data, shared, length=2)
     assert metrics["objective/kl"].shape == (runs, 2)
@@ -131,9 +136,11 @@ def test_sweep_chunk_shares_frozen_weights_and_reference(tiny_setup):
 
 
 def test_evaluation_rows_normalise_the_score(tiny_setup):
-    config, setup, task_data = tiny_setup
-    specs = nl.run_specs(config)
-    rows = nl.evaluate_runs(config, setup, nl.initial_states(config, setup, specs), specs, task_data, setup.shared())
+    experiment = tiny_setup
+    specs = run_specs(experiment.config, experiment.task_names)
+    shared = experiment.shared(specs)
+    evaluate = sweep.make_evaluate(experiment.build_policy, shared.axis)
+    rows = evaluation_rows(experiment, evaluate, specs, experiment.initial_states(specs), shared)
     assert len(rows) == len(specs) * 4 * 2  # partitions × (sample, greedy)
     for row in rows:
         assert row["score"] == pytest.approx((row["raw_reward"] + 2.8) / 5.6)

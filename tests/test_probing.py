@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from rlbias_jax import config as config_module
+from rlbias_jax.experiments import toy as experiments_toy
+from rlbias_jax.experiments.runner import measure_extractability
+from rlbias_jax.experiments.toy import ToyExperiment
 from rlbias_jax.models.gpt2 import GPT2Config
 from rlbias_jax.probing import (
     Lanes,
@@ -20,7 +23,6 @@ from rlbias_jax.probing import (
     balanced_order,
     block_ends,
     frozen_probe,
-    measure_extractability,
     online_code_block_by_block,
     online_codelength,
     policy_probe,
@@ -266,9 +268,9 @@ def _tiny_config(mode: str, **probe) -> config_module.Config:
 
 @pytest.mark.parametrize("mode", ["policy", "finetune", "frozen"])
 def test_measure_extractability_writes_the_documented_tables(mode, tmp_path, monkeypatch):
-    monkeypatch.setattr(extractability.toy, "sample_partition", _stand_in_sample_partition)
+    monkeypatch.setattr(experiments_toy.toy_tasks, "sample_partition", _stand_in_sample_partition)
     config = _tiny_config(mode)
-    result = measure_extractability(config, jax.random.key(0), progress=lambda message: None)
+    result = measure_extractability(ToyExperiment(config), jax.random.key(0), progress=lambda message: None)
     layers = [0, 1] if mode == "frozen" else [-1]  # embeddings + 1 layer
     assert len(result.extractability_rows) == len(layers) + (mode == "frozen")
     assert len(result.mdl_rows) == 2 * 2 * len(layers)
@@ -293,7 +295,7 @@ def test_unknown_probe_mode_is_a_clear_error(monkeypatch):
     config = _tiny_config("policy")
     bad = dataclasses.replace(config, probe=dataclasses.replace(config.probe, mode="magic"))
     with pytest.raises(config_module.ConfigError, match="probe.mode: unknown probe mode 'magic'"):
-        measure_extractability(bad, jax.random.key(0))
+        measure_extractability(ToyExperiment(bad), jax.random.key(0))
     with pytest.raises(ValueError, match="unknown schedule"):
         Schedule(kind="sometimes")
     with pytest.raises(ValueError, match="unknown vectorize"):

@@ -90,17 +90,17 @@ def test_resume_with_only_corrupt_checkpoints_is_a_one_line_error(clean_run, tin
 NAN_SCRIPT = """
 import sys
 import jax, jax.numpy as jnp
-from rlbias_jax import pipeline
 from rlbias_jax.config import load_config
+from rlbias_jax.experiments import runner
 from rlbias_jax.rl import sweep
 
 POISON_RUN, POISON_AT = 1, 2
 make_train_chunk = sweep.make_train_chunk
 
-def poisoned_maker(policy, config, per_run_reference):
-    chunk = make_train_chunk(policy, config, per_run_reference)
+def poisoned_maker(build_policy, config, shared_axis):
+    chunk = make_train_chunk(build_policy, config, shared_axis)
 
-    def poisoned(states, data, reference, length):
+    def poisoned(states, data, shared, length):
         if int(states.iteration[0]) == POISON_AT:
             # NaN into one weight matrix of one run, on its device, before the compiled chunk runs
             params = states.train.params
@@ -109,12 +109,12 @@ def poisoned_maker(policy, config, per_run_reference):
             params = {**params, "lm": {**params["lm"], "h_0": {**params["lm"]["h_0"], "mlp": {
                 **params["lm"]["h_0"]["mlp"], "c_fc": {**params["lm"]["h_0"]["mlp"]["c_fc"], "kernel": bad}}}}}
             states = states.replace(train=states.train.replace(params=params))
-        return chunk(states, data, reference, length=length)
+        return chunk(states, data, shared, length=length)
 
     return poisoned
 
 sweep.make_train_chunk = poisoned_maker
-pipeline.run_experiment(load_config(sys.argv[1]), out_dir=sys.argv[2], report=True)
+runner.run_experiment(load_config(sys.argv[1]), out_dir=sys.argv[2], report=True)
 """
 
 
@@ -150,16 +150,17 @@ def test_nan_in_one_run_fails_only_that_run_and_the_report_lists_it(clean_run, t
 def test_compiled_chunk_isolates_a_nan_run():
     """One run's parameters poisoned: exactly that run fails, at the right iteration; the others are bitwise clean."""
     from rlbias_jax.config import config_from_dict
-    from rlbias_jax.rl import sweep, toy
+    from rlbias_jax.experiments.base import run_specs
+    from rlbias_jax.experiments.toy import ToyExperiment
+    from rlbias_jax.rl import sweep
 
     import tomllib
 
-    config = config_from_dict(tomllib.loads(TINY))
-    model, _, policy = toy.toy_policy(config)
-    specs = toy.run_specs(config)
-    states, reference = toy.initial_states(config, model, policy, specs)
-    data = toy.training_data(config, specs)
-    chunk = sweep.make_train_chunk(policy, config.ppo, per_run_reference=True)
+    experiment = ToyExperiment(config_from_dict(tomllib.loads(TINY)))
+    specs = run_specs(experiment.config, experiment.task_names)
+    states, data, shared = experiment.initial_states(specs), experiment.training_data(specs), experiment.shared(specs)
+    reference = shared.value
+    chunk = sweep.make_train_chunk(experiment.build_policy, experiment.config.ppo, shared.axis)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731 — the chunk donates its input
 
     states, _ = chunk(states, data, reference, length=1)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-PARTITIONS = ("both", "neither", "s_only", "t_only")
+from rlbias_jax.partitions import PARTITIONS  # re-exported for the report
+
 DECODINGS = ("sample", "greedy")
 RUN_KEYS = ("task_id", "task_name", "s_only_rate", "seed")
 DEFAULT_FAILED_NEITHER_THRESHOLD = 0.0

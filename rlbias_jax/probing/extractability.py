@@ -1,35 +1,30 @@
 """Relative extractability of each task's target feature: MDL(s) / MDL(t) (SPEC §5).
 
-`measure_extractability(config, key)` builds, per toy task, the two probing sets
-(t-probe: both = 1 vs s-only = 0; s-probe: s-only = 1 vs neither = 0) of
-`config.probe.probe_size` label-balanced examples each, and runs the online code
-of both probes × all probe seeds (× all layers in frozen mode) as one compiled
-program. Probe seeds give mean ± SEM; the ratio's SEM is propagated to first
-order. The result holds the rows of `extractability.csv`, `mdl.csv` and
-`mdl_blocks.csv` (docs/run_directory.md).
+`measure(code, mode, seeds, tasks)` runs, per task, the online code of both probes
+(t-probe: both = 1 vs s-only = 0; s-probe: s-only = 1 vs neither = 0) × all probe
+seeds (× all layers in frozen mode) as one compiled program. An experiment
+(`rlbias_jax.experiments`) supplies each task's label-balanced probing sets, keys and,
+in frozen mode, the hidden states to probe (`ProbeTask`), and the probe model. Probe
+seeds give mean ± SEM; the ratio's SEM is propagated to first order. The result holds
+the rows of `extractability.csv`, `mdl.csv` and `mdl_blocks.csv` (docs/run_directory.md).
 
 Probe modes (config.probe.mode):
 
-- "finetune": the SPEC §5 toy encoder, freshly initialised for every block.
-- "policy": the RL policy's architecture, GPT-2 with vocabulary V + 2 (PAD/EOS = V,
-  UNK = V + 1), read out at the last position; each probe seed is a fresh random
-  initialisation of it, as the RL policy is.
+- "finetune": a model trained whole with a classification head, freshly initialised
+  for every block (toy: the SPEC §5 encoder; NL: the pretrained LM plus a new head).
+- "policy": the RL policy's own architecture and initialisation, read out at the last
+  position (toy); for a pretrained policy it is the same thing as "finetune".
 - "frozen": linear or MLP probes on the last-position hidden state of every layer
-  (embeddings = layer 0) of a frozen model. The toy experiment probes the randomly
-  initialised policy (one random initialisation per probe seed) — what RL
-  fine-tuning starts from. `frozen_lanes` works for any LM that returns
-  `layer_hidden`, so the NL experiment can pass a pretrained one.
+  (embeddings = layer 0) of a frozen model (`frozen_lanes`: any LM that returns
+  `layer_hidden`).
 
-Keys: `fold_in(key, task_id)` per task, then one key each for the probing sets,
-the block orders, the initialisations and the training. Within a seed, the s- and
-t-probes share the initialisation, so that both features are measured on the same
-model.
+Within a seed, the s- and t-probes share the initialisation, so that both features are
+measured on the same model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from pathlib import Path
@@ -40,12 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlbias_jax.config import Config
-from rlbias_jax.models.gpt2 import GPT2, GPT2Config
-from rlbias_jax.probing.blocks import balanced_order, block_ends, block_starts
+from rlbias_jax.probing.blocks import balanced_order, block_starts
 from rlbias_jax.probing.online_code import Lanes, OnlineCode, Schedule
-from rlbias_jax.probing.probes import ProbeModel, finetune_probe, frozen_probe, layer_features, policy_probe
-from rlbias_jax.rl.toy import toy_model_config
-from rlbias_jax.tasks import toy
 
 PROBE_MODES = ("finetune", "policy", "frozen")
 PROBES = ("s", "t")
@@ -118,24 +109,6 @@ def relative_extractability(mdl_s, mdl_t) -> tuple[float, float]:
     return ratio, ratio * math.sqrt((sem_s / mean_s) ** 2 + (sem_t / mean_t) ** 2)
 
 
-# PROBING SETS
-
-
-def probing_set(key: jax.Array, task_id: int, probe: str, size: int, vocab_size: int, seq_len: int):
-    """The s- or t-probing set of a toy task: tokens int32[size, seq_len], labels int32[size].
-
-    size // 2 positives (label 1) then the rest negatives; `balanced_order` shuffles.
-    """
-    positive, negative = PROBE_PARTITIONS[probe]
-    num_positive = size // 2
-    tokens = jnp.concatenate([
-        toy.sample_partition(jax.random.fold_in(key, 1), task_id, positive, num_positive, vocab_size, seq_len),
-        toy.sample_partition(jax.random.fold_in(key, 0), task_id, negative, size - num_positive, vocab_size, seq_len),
-    ])
-    labels = jnp.concatenate([jnp.ones(num_positive, jnp.int32), jnp.zeros(size - num_positive, jnp.int32)])
-    return tokens, labels
-
-
 # LANES: ONE PROBE RUN PER (PROBE, SEED[, LAYER])
 
 
@@ -199,32 +172,21 @@ def make_schedule(config: Config) -> Schedule:
     )
 
 
-def make_probe(config: Config) -> ProbeModel:
-    probe, seq_len = config.probe, config.task.seq_len
-    if probe.mode == "finetune":
-        return finetune_probe(
-            config.task.vocab_size + 2, seq_len, width=probe.encoder_width, heads=probe.encoder_heads,
-            ff=probe.encoder_ff, layers=probe.encoder_layers, dropout=probe.dropout, head_dropout=probe.head_dropout,
-        )
-    if probe.mode == "policy":
-        return policy_probe(toy_model_config(config), seq_len)
-    if probe.mode == "frozen":
-        return frozen_probe(config.model.d_model, kind=probe.frozen_head, hidden=probe.frozen_mlp_width)
-    raise ValueError(f"unknown probe mode {probe.mode!r}; known: {', '.join(PROBE_MODES)}")
+@dataclasses.dataclass(frozen=True)
+class ProbeTask:
+    """One task's probing input, as an experiment builds it.
 
+    tokens: int32[2, N, T], the s- then the t-probing set (`PROBES` order);
+    labels: int32[2, N]; keys: {"order", "init", "train"} of this task;
+    features_fn: frozen mode only, (seed, tokens[N, T]) -> [L + 1, N, D] hidden states.
+    """
 
-def _random_policy_features(config: Config, key: jax.Array) -> Callable[[int, jax.Array], jax.Array]:
-    """features(seed, tokens) of a randomly initialised policy, one initialisation per probe seed."""
-    init, apply = _random_policy_functions(toy_model_config(config), config.task.seq_len)
-    return lambda seed, tokens: layer_features(apply, init(jax.random.fold_in(key, seed)), tokens)
-
-
-@functools.lru_cache(maxsize=8)
-def _random_policy_functions(model_config: GPT2Config, seq_len: int):
-    """Jitted init and a stable apply for `layer_features`, shared by every task of a run."""
-    lm = GPT2(model_config)
-    dummy = jnp.zeros((1, seq_len), jnp.int32)
-    return jax.jit(lambda key: lm.init(key, dummy)), lambda params, tokens, **kwargs: lm.apply(params, tokens, **kwargs)
+    task_id: int
+    task_name: str
+    tokens: jax.Array
+    labels: jax.Array
+    keys: dict
+    features_fn: Callable[[int, jax.Array], jax.Array] | None = None
 
 
 def task_rows(task_id: int, task_name: str, mode: str, infos: list[LaneInfo], code: OnlineCode, output) -> tuple[list, list, list]:
@@ -278,35 +240,23 @@ def _best_layer_row(base: dict, per_layer: list[dict]) -> dict:
     return {column: row[column] for column in EXTRACTABILITY_COLUMNS}
 
 
-# PUBLIC ENTRY POINT
+# EVERY TASK
 
 
-def measure_extractability(
-    config: Config, key: jax.Array, *, progress: Callable[[str], None] = print
-) -> ExtractabilityResult:
-    """MDL of the s- and t-probes and their ratio for every task of `config` (toy experiment)."""
-    config.validate()
-    if config.run.experiment != "toy":
-        raise NotImplementedError("extractability for the natural-language experiment is not implemented yet")
-    mode = config.probe.mode
-    if mode not in PROBE_MODES:
-        raise ValueError(f"unknown probe mode {mode!r}; known: {', '.join(PROBE_MODES)}")
-    ends = block_ends(config.probe.probe_size)
-    code = OnlineCode(make_probe(config), make_schedule(config), ends, vectorize=config.probe.vectorize)
+def measure(code: OnlineCode, mode: str, seeds: int, tasks, *, progress: Callable[[str], None] = print) -> ExtractabilityResult:
+    """MDL of the s- and t-probes and their ratio for every task.
+
+    tasks: (task_id, build) pairs, build() -> ProbeTask; a task's wall time includes
+    building its sets. Both probes × all seeds (× all layers) run as one program per task.
+    """
     result = ExtractabilityResult()
-    for task_id in config.task.task_ids:
+    for _, build in tasks:
         started = time.perf_counter()
-        task_key = jax.random.fold_in(key, task_id)
-        data_key, order_key, init_key, train_key, model_key = jax.random.split(task_key, 5)
-        keys = {"order": order_key, "init": init_key, "train": train_key}
-        sets = [probing_set(jax.random.fold_in(data_key, p), task_id, probe, config.probe.probe_size,
-                            config.task.vocab_size, config.task.seq_len) for p, probe in enumerate(PROBES)]
-        tokens, labels = jnp.stack([s[0] for s in sets]), jnp.stack([s[1] for s in sets])
-        if mode == "frozen":
-            features_fn = _random_policy_features(config, model_key)
-            inputs, labels, infos, lanes = frozen_lanes(keys, tokens, labels, config.probe.seeds, features_fn)
+        task = build()
+        if task.features_fn is not None:
+            inputs, labels, infos, lanes = frozen_lanes(task.keys, task.tokens, task.labels, seeds, task.features_fn)
         else:
-            inputs, labels, infos, lanes = model_lanes(keys, tokens, labels, config.probe.seeds)
+            inputs, labels, infos, lanes = model_lanes(task.keys, task.tokens, task.labels, seeds)
         output = jax.block_until_ready(code(inputs, labels, lanes))
-        progress(result.add_task(task_id, toy.TASK_NAMES[task_id], mode, infos, code, output, started))
+        progress(result.add_task(task.task_id, task.task_name, mode, infos, code, output, started))
     return result

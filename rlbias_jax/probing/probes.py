@@ -10,6 +10,7 @@ which probe it trains:
   the last position through dropout 0.5 → Linear → tanh → Linear.
 - `policy_probe`: the RL policy's own architecture and initialisation,
   `SequenceClassifier(GPT2(config))`, optionally starting from given LM weights.
+- `pretrained_probe`: a pretrained LM plus a fresh linear head, fine-tuned whole (NL).
 - `frozen_probe`: a linear or one-hidden-layer MLP probe on fixed feature vectors
   (the hidden state of one layer of a frozen model, see `layer_features`).
 """
@@ -158,6 +159,25 @@ def policy_probe(
         return module.apply(params, tokens)
 
     return ProbeModel("policy", init, apply, num_classes)
+
+
+def pretrained_probe(lm_module, lm_params: Params, seq_len: int, num_classes: int = 2) -> ProbeModel:
+    """`SequenceClassifier(pretrained LM)`: the LM starts from `lm_params`, the head from the key.
+
+    The NL experiment's fine-tune mode (SPEC §6): every probe seed draws a new head."""
+    module = SequenceClassifier(lm_module, num_classes=num_classes)
+    dummy = jnp.zeros((1, seq_len), jnp.int32)
+
+    def init(key):
+        head = jax.eval_shape(module.init, key, dummy)["params"]["score"]
+        kernel = jax.nn.initializers.lecun_normal()(key, head["kernel"].shape, jnp.float32)
+        return {"params": {"lm": lm_params, "score": {"kernel": kernel, "bias": jnp.zeros(head["bias"].shape)}}}
+
+    def apply(params, tokens, dropout_key):
+        del dropout_key
+        return module.apply(params, tokens)
+
+    return ProbeModel("finetune", init, apply, num_classes)
 
 
 # FROZEN MODE: PROBES ON FIXED FEATURES

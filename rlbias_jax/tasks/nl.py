@@ -34,11 +34,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from rlbias_jax.partitions import PARTITION_FEATURES, PARTITION_LABELS, PARTITIONS
 from rlbias_jax.tasks.corpus import NLDataError
 
-PARTITIONS = ("both", "neither", "s_only", "t_only")
-PARTITION_FEATURES = {"both": (True, True), "neither": (False, False), "s_only": (True, False), "t_only": (False, True)}
-PARTITION_LABELS = {name: int(t) for name, (_, t) in PARTITION_FEATURES.items()}
 TASK_NAMES = {
     1: "dollar-vs-hash",
     2: "high-rating-vs-review",

@@ -40,14 +40,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-PARTITIONS = ("both", "neither", "s_only", "t_only")
-# (s, t) of each partition.
-PARTITION_FEATURES = {
-    "both": (True, True),
-    "neither": (False, False),
-    "s_only": (True, False),
-    "t_only": (False, True),
-}
+from rlbias_jax.partitions import PARTITION_FEATURES, PARTITIONS
+
 TASK_NAMES = {
     1: "contains-1",
     2: "first-last",

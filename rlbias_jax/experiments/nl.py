@@ -1,11 +1,10 @@
-"""The natural-language RL experiment of Cruz et al. (SPEC §6): a pretrained LM learns to
-write positively iff a prefix feature holds, with PPO, a frozen reference and adaptive KL.
+"""The natural-language experiment of Cruz et al. (SPEC §6): a pretrained LM learns to write
+positively iff a prefix feature holds, with PPO, a frozen reference and adaptive KL.
 
-The sweep (task × s-only rate × seed) is one compiled program, as in the toy pipeline:
-`jit(vmap(scan(ppo_iteration)))`. What differs is what is shared. The pretrained weights
-are split into a *trainable* part, copied per run (with its Adam state), and a *frozen*
-part that every run shares, passed once into the program (`SharedParams`, vmapped with
-in_axes None, never copied):
+What differs from the toy experiment is what is shared. The pretrained weights are split
+into a *trainable* part, copied per run (with its Adam state), and a *frozen* part that
+every run shares, passed once into the programs (`SharedParams`, vmapped with in_axes
+None, never copied):
 
 - `model.trainable_layers = 0` (the paper): everything is trainable; the frozen part is
   empty and the reference is one shared copy of the initial weights.
@@ -18,13 +17,16 @@ The reward model's parameters (or the lexicon tables) travel in `SharedParams` a
 
 Keys: a run's rollout stream depends on (task, rate index, seed); evaluation keys on
 (task, rate index, seed, partition); data on the task and seed (`rlbias_jax.tasks.nl`).
+Probing: `fold_in(key, task_id)` per task, split into the block-order, probe-init and
+probe-training keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
+import time
+from pathlib import Path
 from typing import Callable
 
 import flax.struct
@@ -32,20 +34,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbias_jax import distributed
-from rlbias_jax.config import Config
+from rlbias_jax.config import Config, ConfigError
+from rlbias_jax.experiments.base import KeyTag, Progress, RunSpec, Shared, stream
 from rlbias_jax.models import split
 from rlbias_jax.models.heads import PolicyValueModel
 from rlbias_jax.models.sampling import SamplingConfig
+from rlbias_jax.probing.extractability import PROBES, ProbeTask
+from rlbias_jax.probing.probes import ProbeModel, frozen_probe, layer_features, pretrained_probe
 from rlbias_jax.rl.ppo import make_optimizer
 from rlbias_jax.rl.sentiment import ClassifierReward, LexiconReward, classifier_reward, normalised_score
-from rlbias_jax.rl import sweep
-from rlbias_jax.rl.sweep import RunSpec
-from rlbias_jax.rl.train import Policy, RunData, RunState, evaluate_partition, init_run_state, ppo_iteration
+from rlbias_jax.rl.train import Policy, RunData, RunState, init_run_state
 from rlbias_jax.tasks import nl as nl_tasks
 from rlbias_jax.tasks.corpus import load_corpus
 
-_ROLLOUT, _EVAL = 2, 4
 _BLOCK = re.compile(r"^(?:h|layers)_(\d+)$")
 _FINAL_NORMS = ("ln_f", "norm", "final_layer_norm")
 
@@ -153,12 +154,10 @@ class NLSetup:
 
 def load_setup(config: Config, progress: Callable[[str], None] = print) -> NLSetup:
     """Load the pretrained policy, its tokenizer and the reward (errors name what is missing)."""
-    from rlbias_jax.models.loading import load_pretrained
+    from rlbias_jax.models.loading import ModelLoadError, load_pretrained
 
     loaded = load_pretrained(config.model.source, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
     if loaded.tokenizer is None:
-        from rlbias_jax.models.loading import ModelLoadError
-
         raise ModelLoadError(f"the policy checkpoint {loaded.source} has no tokenizer; the NL tasks need one")
     tokenizer = nl_tasks.HFTokenizer(loaded.tokenizer)
     model = PolicyValueModel(loaded.module)
@@ -181,19 +180,6 @@ def make_reward(config: Config, tokenizer: nl_tasks.HFTokenizer, loaded) -> Lexi
     raise ValueError(f"reward.kind {config.reward.kind!r} is not an NL reward (vader_lexicon, classifier)")
 
 
-# RUNS, DATA, STATES
-
-
-def run_specs(config: Config) -> list[RunSpec]:
-    """Runs in a fixed order: task, then rate, then seed."""
-    return [
-        RunSpec(task_id=task_id, task_name=nl_tasks.TASK_NAMES[task_id], s_only_rate=rate, rate_index=rate_index, seed=seed)
-        for task_id in config.task.task_ids
-        for rate_index, rate in enumerate(config.sweep.s_only_rates)
-        for seed in range(config.sweep.seeds)
-    ]
-
-
 def build_all_task_data(config: Config, tokenizer: nl_tasks.TextTokenizer) -> dict[int, nl_tasks.NLTaskData]:
     """Test sets, training pools and probing sets of every task (host side; errors name the shortfall)."""
     texts = load_corpus(config.task.corpus)
@@ -208,76 +194,114 @@ def build_all_task_data(config: Config, tokenizer: nl_tasks.TextTokenizer) -> di
     }
 
 
-def training_data(config: Config, specs: list[RunSpec], task_data: dict[int, nl_tasks.NLTaskData]) -> RunData:
-    """Each run's fixed training set, stacked [R, N, P]."""
-    sets = [task_data[spec.task_id].training_set(spec.s_only_rate, config.task.train_size, spec.seed) for spec in specs]
-    return RunData(prompts=jnp.asarray(np.stack([s[0] for s in sets])), labels=jnp.asarray(np.stack([s[1] for s in sets])))
+class NLExperiment:
+    """`rlbias_jax.experiments.base.Experiment` for run.experiment = "nl"."""
 
+    def __init__(self, config: Config):
+        self.config = config
+        self.task_names = nl_tasks.TASK_NAMES
+        self.setup: NLSetup | None = None
+        self.task_data: dict[int, nl_tasks.NLTaskData] = {}
 
-def _stream(base: jax.Array, tag: int, *indices: int) -> jax.Array:
-    key = jax.random.fold_in(base, tag)
-    for index in indices:
-        key = jax.random.fold_in(key, index)
-    return key
+    def check_inputs(self) -> None:
+        from rlbias_jax.models.loading import ModelLoadError, resolve_source
+        from rlbias_jax.tasks.corpus import BUNDLED_CORPORA, IMDB_NAMES
 
+        config = self.config
+        named = [("model.source", config.model.source)]
+        if config.reward.kind == "classifier":
+            named.append(("reward.model", config.reward.model))
+        for field, source in named:
+            try:
+                resolve_source(source)
+            except ModelLoadError as error:
+                raise ConfigError(f"{field}: {error}") from None
+        corpus = config.task.corpus
+        if corpus not in BUNDLED_CORPORA and corpus not in IMDB_NAMES and not Path(corpus).expanduser().is_file():
+            known = ", ".join([*BUNDLED_CORPORA, *IMDB_NAMES])
+            raise ConfigError(f"task.corpus: {corpus!r} is neither a known corpus ({known}) nor an existing text file")
 
-def initial_states(config: Config, setup: NLSetup, specs: list[RunSpec]) -> RunState:
-    """Stacked RunStates [R]: every run starts from the same pretrained weights."""
-    base = jax.random.key(config.run.seed)
-    keys = jnp.stack([_stream(base, _ROLLOUT, spec.task_id, spec.rate_index, spec.seed) for spec in specs])
-    optimizer = make_optimizer(config.ppo)
-    return jax.vmap(lambda key: init_run_state(setup.initial_trainable, optimizer, key, config.ppo.kl_coef))(keys)
+    def prepare(self, progress: Progress) -> None:
+        """Load the model, tokenizer and reward, and build every task's prompt sets."""
+        started = time.perf_counter()
+        config = self.config
+        self.setup = load_setup(config, progress)
+        self.task_data = build_all_task_data(config, self.setup.tokenizer)
+        sizes = next(iter(self.task_data.values()))
+        progress(
+            f"corpus {config.task.corpus!r}: {len(config.task.task_ids)} tasks, prompts of {config.task.prompt_len} tokens "
+            f"(test {', '.join(f'{p} {len(s)}' for p, s in sizes.test.items())}); loaded in {time.perf_counter() - started:.1f} s"
+        )
 
+    # PROBING: the pretrained policy LM is the probe
 
-# THE COMPILED PROGRAMS
+    @property
+    def probe_mode(self) -> str:
+        return "frozen" if self.config.probe.mode == "frozen" else "finetune"
 
+    def probe_model(self) -> ProbeModel:
+        loaded, probe = self.setup.loaded, self.config.probe
+        if self.probe_mode == "frozen":
+            return frozen_probe(loaded.config.d_model, kind=probe.frozen_head, hidden=probe.frozen_mlp_width)
+        return pretrained_probe(loaded.module, loaded.params, self.config.task.prompt_len)
 
-def make_train_chunk(setup: NLSetup) -> Callable:
-    """jit(vmap(scan(ppo_iteration))) with the shared parameters broadcast, not copied:
-    (states[R], data[R], shared, length) -> (states, metrics[R, length])."""
-    config = setup.config.ppo
+    def probe_task(self, key: jax.Array, task_id: int) -> ProbeTask:
+        order_key, init_key, train_key = jax.random.split(jax.random.fold_in(key, task_id), 3)
+        sets = [self.task_data[task_id].probing_set(probe_name, self.config.probe.probe_size) for probe_name in PROBES]
+        tokens, labels = jnp.asarray(np.stack([s[0] for s in sets])), jnp.asarray(np.stack([s[1] for s in sets]))
+        features_fn = None
+        if self.probe_mode == "frozen":
+            loaded = self.setup.loaded
+            lm_apply = lambda params, tokens, **kw: loaded.module.apply({"params": params}, tokens, **kw)  # noqa: E731
+            features = [layer_features(lm_apply, loaded.params, tokens[p], batch_size=self.config.probe.eval_batch_size)
+                        for p in range(len(PROBES))]
 
-    def train_chunk(states: RunState, data: RunData, shared: SharedParams, length: int):
-        policy = setup.build_policy(shared)
+            def features_fn(seed, set_tokens):
+                # the pretrained model is the same for every probe seed: features are computed once per set
+                del seed
+                return features[0] if bool(jnp.array_equal(set_tokens, tokens[0])) else features[1]
 
-        def one_run(state: RunState, run_data: RunData):
-            def body(carry: RunState, _):
-                return ppo_iteration(carry, run_data, shared.reference, policy, config)
+        return ProbeTask(task_id=task_id, task_name=self.task_names[task_id], tokens=tokens, labels=labels,
+                         keys={"order": order_key, "init": init_key, "train": train_key}, features_fn=features_fn)
 
-            return jax.lax.scan(body, state, None, length=length)
+    # THE SWEEP
 
-        return jax.vmap(one_run)(states, data)
+    def initial_states(self, specs: list[RunSpec]) -> RunState:
+        """Every run starts from the same pretrained weights."""
+        base = jax.random.key(self.config.run.seed)
+        keys = jnp.stack([stream(base, KeyTag.ROLLOUT, spec.task_id, spec.rate_index, spec.seed) for spec in specs])
+        optimizer = make_optimizer(self.config.ppo)
+        return jax.vmap(lambda key: init_run_state(self.setup.initial_trainable, optimizer, key, self.config.ppo.kl_coef))(keys)
 
-    jitted = jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,), compiler_options=sweep.compiler_options())
-    return distributed.ShardwiseProgram(jitted)
+    def training_data(self, specs: list[RunSpec]) -> RunData:
+        sets = [self.task_data[spec.task_id].training_set(spec.s_only_rate, self.config.task.train_size, spec.seed)
+                for spec in specs]
+        return RunData(prompts=jnp.asarray(np.stack([s[0] for s in sets])), labels=jnp.asarray(np.stack([s[1] for s in sets])))
 
+    def shared(self, specs: list[RunSpec]) -> Shared:
+        return Shared(value=self.setup.shared(), per_run=False)
 
-@functools.lru_cache(maxsize=4)
-def make_evaluate(setup: NLSetup) -> Callable:
-    """(trainable[R], shared, prompts[R, n, P], labels[R, n], keys[R]) -> mean raw reward[R]."""
+    def build_policy(self, shared: SharedParams) -> tuple[Policy, object]:
+        return self.setup.build_policy(shared), shared.reference
 
-    def evaluate(trainable, shared, prompts, labels, keys, greedy: bool):
-        policy = setup.build_policy(shared)
-        return jax.vmap(lambda p, x, y, k: evaluate_partition(policy, p, x, y, k, greedy))(trainable, prompts, labels, keys)
+    def test_prompts(self, task_id: int, partition: str) -> np.ndarray:
+        return self.task_data[task_id].test[partition].tokens
 
-    return jax.jit(evaluate, static_argnames=("greedy",), compiler_options=sweep.compiler_options())
+    def score(self, raw_reward: float) -> float:
+        return float(normalised_score(raw_reward))
 
+    def sweep_description(self, specs: list[RunSpec]) -> str:
+        config = self.config
+        return (
+            f"RL sweep: {len(specs)} runs ({len(config.task.task_ids)} tasks × {len(config.sweep.s_only_rates)} rates × "
+            f"{config.sweep.seeds} seeds) as one program on {{devices}} device(s); the frozen weights and the reference are shared"
+        )
 
-def evaluate_runs(config: Config, setup: NLSetup, states: RunState, specs: list[RunSpec],
-                  task_data: dict[int, nl_tasks.NLTaskData], shared: SharedParams) -> list[dict]:
-    """Normalised score and raw reward per test partition for every run (docs/run_directory.md)."""
-    base = jax.random.key(config.run.seed)
-    evaluate = make_evaluate(setup)
-
-    def partition_inputs(partition: str):
-        prompts = jnp.asarray(np.stack([task_data[spec.task_id].test[partition].tokens for spec in specs]))
-        labels = jnp.full(prompts.shape[:2], nl_tasks.PARTITION_LABELS[partition], jnp.int32)
-        keys = jnp.stack([_stream(base, _EVAL, spec.task_id, spec.rate_index, spec.seed, nl_tasks.PARTITIONS.index(partition))
-                          for spec in specs])
-        return prompts, labels, keys
-
-    def evaluate_with_shared(trainable, prompts, labels, keys, greedy: bool):
-        return evaluate(trainable, shared, prompts, labels, keys, greedy=greedy)
-
-    return sweep.evaluation_rows(specs, states, nl_tasks.PARTITIONS, sweep.decodings(config.eval.greedy),
-                                 partition_inputs, evaluate_with_shared, score_of=normalised_score)
+    def chunk_note(self, rows: list[dict], iteration: int) -> str:
+        """'  KL 0.123  beta 0.200': the last iteration's mean KL and coefficient over runs."""
+        last = [row for row in rows if row["iteration"] == iteration - 1]
+        if not last:
+            return ""
+        kl = sum(row["objective/kl"] for row in last) / len(last)
+        beta = sum(row["objective/kl_coef"] for row in last) / len(last)
+        return f"  KL {kl:.3f}  beta {beta:.3f}"
