@@ -59,7 +59,7 @@ def test_trunk_then_top_equal_the_full_model(family, first_trainable):
 def test_block_and_final_norm_names_are_the_parameter_names():
     for family, make in FAMILIES.items():
         lm = make()
-        params = lm.init(jax.random.key(0), np.zeros((1, 3), np.int32))["params"]
+        params = jax.eval_shape(lm.init, jax.random.key(0), np.zeros((1, 3), np.int32))["params"]
         names = {lm.block(layer).name for layer in range(lm.config.n_layer)} | {lm.final_norm().name}
         assert names <= set(params), (family, names, sorted(params))
 

@@ -8,6 +8,7 @@ embeddings, blocks, final norm and head under its own checkpoint's parameter nam
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -15,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rlbias_jax.models.kv_cache import KVCache, attention_bias
+from rlbias_jax.models.kv_cache import KVCache, attention_bias, init_cache
 from rlbias_jax.models.layers import DTYPES, dense
 
 
@@ -91,23 +92,51 @@ def token_embedding(num_embeddings: int, config, name: str, stddev: float = 0.02
                     param_dtype=DTYPES[config.param_dtype], name=name)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """The fields every family's config has; a family's config adds its own (all with defaults)."""
+
+    vocab_size: int
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    max_len: int = 2048
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in DTYPES:
+                raise ValueError(f"{type(self).__name__}: {field}={getattr(self, field)!r} is not one of {tuple(DTYPES)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def cache_heads(self) -> int:
+        """Key/value heads per layer in the KV cache (fewer than n_head under grouped-query attention)."""
+        return self.n_head
+
+    def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        return init_cache(self.n_layer, batch, max_len or self.max_len, self.cache_heads, self.head_dim, DTYPES[self.dtype])
+
+
 class CausalLM(nn.Module):
     """A decoder-only LM: tokens int32[B, T], positions int32[B, T], attention_mask bool[B, S]
     over key slots (S = T without a cache, S = cache.max_len with one) -> `LMOutput`.
 
-    The residual stream stays float32; matmuls run in config.dtype. A subclass has a `config`
-    field (n_layer, dtype, param_dtype, d_model, vocab_size) and sets two class attributes:
-      token_embedding_name: the token embedding table's parameter name;
-      output_head_name: the untied output head's name, or None for a family that always ties
-        (otherwise config.tie_word_embeddings decides);
-    and defines, as `@nn.nowrap` methods (so they are callable on an unbound module too):
-      block(layer) -> the decoder block module, named as in the checkpoint, called as
-        block(x [B, T, D], positions, allowed, layer_cache) -> (x, layer_cache);
-      final_norm() -> the final norm module (named as in the checkpoint), float32 [B, T, D] out.
-    The embeddings below suit a family without position embeddings; GPT-2 overrides them.
-
-    The split into a frozen trunk and a trainable top (`models/split.py`) uses block,
-    final_norm, embed_from_params and logits_from_params, on explicit parameters.
+    The residual stream stays float32; matmuls run in config.dtype. A family subclasses it
+    with a `config` field (a `DecoderConfig`) and names its parts as in its checkpoint:
+      token_embedding_name: the token embedding table;
+      output_head_name: the untied output head, used unless config.tie_word_embeddings
+        (None: the family always ties);
+      block_module, block_name_prefix: block `layer` is block_module(config, name=prefix + layer),
+        called as block(x [B, T, D], positions, allowed, layer_cache) -> (x, layer_cache);
+      final_norm_layer, final_norm_name: the final norm is final_norm_layer(config, final_norm_name).
+    The embeddings here suit families without position embeddings; GPT-2 overrides them.
+    `models/split.py` runs the model in two parts through block, final_norm,
+    embed_from_params and logits_from_params (nowrap: callable on an unbound module).
     """
 
     token_embedding_name = "embed_tokens"
@@ -135,6 +164,14 @@ class CausalLM(nn.Module):
             cache=new_cache,
             layer_hidden=layer_hidden if return_layer_hidden else None,
         )
+
+    @nn.nowrap
+    def block(self, layer: int) -> nn.Module:
+        return self.block_module(self.config, name=f"{self.block_name_prefix}{layer}")
+
+    @nn.nowrap
+    def final_norm(self) -> nn.Module:
+        return self.final_norm_layer(self.config, self.final_norm_name)
 
     @nn.nowrap
     def ties_output_head(self) -> bool:

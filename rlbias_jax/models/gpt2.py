@@ -15,33 +15,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlbias_jax.models.decoder import CausalLM, token_embedding
-from rlbias_jax.models.kv_cache import KVCache, cached_keys_values, dot_product_attention, init_cache
+from rlbias_jax.models.decoder import CausalLM, DecoderConfig, token_embedding
+from rlbias_jax.models.kv_cache import cached_keys_values, dot_product_attention
 from rlbias_jax.models.layers import DTYPES, GeluMLP, dense, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT2Config:
-    vocab_size: int
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 256
+class GPT2Config(DecoderConfig):
     max_len: int = 1024
     n_inner: int | None = None  # feed-forward width; 4 * d_model when None
     layer_norm_eps: float = 1e-5
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
     @property
     def ff_dim(self) -> int:
         return self.n_inner or 4 * self.d_model
-
-    def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        return init_cache(self.n_layer, batch, max_len or self.max_len, self.n_head, self.head_dim, DTYPES[self.dtype])
 
     def num_params(self) -> int:
         """Parameters excluding position embeddings (nanoGPT's convention for FLOP counts)."""
@@ -92,16 +79,9 @@ class GPT2(CausalLM):
     """GPT-2: `CausalLM` with learned absolute positions added to the token embeddings and a tied head."""
 
     config: GPT2Config
-    token_embedding_name = "wte"
-    output_head_name = None  # always tied
-
-    @nn.nowrap
-    def block(self, layer: int) -> GPT2Block:
-        return GPT2Block(self.config, name=f"h_{layer}")
-
-    @nn.nowrap
-    def final_norm(self) -> nn.LayerNorm:
-        return layer_norm(self.config, "ln_f")
+    token_embedding_name, output_head_name = "wte", None  # always tied
+    block_module, block_name_prefix = GPT2Block, "h_"
+    final_norm_layer, final_norm_name = staticmethod(layer_norm), "ln_f"
 
     @nn.nowrap
     def embed_inputs(self, tokens: jax.Array, positions: jax.Array) -> tuple[jax.Array, nn.Embed]:

@@ -18,19 +18,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from rlbias_jax.models.decoder import CausalLM
-from rlbias_jax.models.kv_cache import KVCache, cached_keys_values, dot_product_attention, init_cache
+from rlbias_jax.models.decoder import CausalLM, DecoderConfig
+from rlbias_jax.models.kv_cache import cached_keys_values, dot_product_attention
 from rlbias_jax.models.layers import DTYPES, GeluMLP, apply_rope, dense, layer_norm, rotary_inverse_frequencies
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTNeoXConfig:
-    vocab_size: int
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 256
+class GPTNeoXConfig(DecoderConfig):
     ff_dim: int = 1024
-    max_len: int = 2048
     rotary_pct: float = 0.25
     rope_theta: float = 10000.0
     layer_norm_eps: float = 1e-5
@@ -38,19 +33,10 @@ class GPTNeoXConfig:
     gelu_approximate: bool = False  # Pythia uses exact GELU
     attention_bias: bool = True
     tie_word_embeddings: bool = False
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rotary_pct)
-
-    def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        return init_cache(self.n_layer, batch, max_len or self.max_len, self.n_head, self.head_dim, DTYPES[self.dtype])
 
     def inverse_frequencies(self) -> np.ndarray:
         """float32[rotary_dim // 2]: rotary frequencies of the first rotary_dim features of each head."""
@@ -110,13 +96,6 @@ class GPTNeoX(CausalLM):
     """GPT-NeoX (Pythia): `CausalLM` with partial rotary positions and an untied `embed_out` head by default."""
 
     config: GPTNeoXConfig
-    token_embedding_name = "embed_in"
-    output_head_name = "embed_out"
-
-    @nn.nowrap
-    def block(self, layer: int) -> GPTNeoXBlock:
-        return GPTNeoXBlock(self.config, name=f"layers_{layer}")
-
-    @nn.nowrap
-    def final_norm(self) -> nn.LayerNorm:
-        return layer_norm(self.config, "final_layer_norm")
+    token_embedding_name, output_head_name = "embed_in", "embed_out"
+    block_module, block_name_prefix = GPTNeoXBlock, "layers_"
+    final_norm_layer, final_norm_name = staticmethod(layer_norm), "final_layer_norm"

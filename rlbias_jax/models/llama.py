@@ -20,23 +20,18 @@ import math
 import flax.linen as nn
 import numpy as np
 
-from rlbias_jax.models.decoder import CausalLM
-from rlbias_jax.models.kv_cache import KVCache, cached_keys_values, dot_product_attention, init_cache
+from rlbias_jax.models.decoder import CausalLM, DecoderConfig
+from rlbias_jax.models.kv_cache import cached_keys_values, dot_product_attention
 from rlbias_jax.models.layers import DTYPES, GatedSiluMLP, apply_rope, dense, rms_norm, rotary_inverse_frequencies
 
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
-    vocab_size: int
-    n_layer: int = 4
-    n_head: int = 4
+class LlamaConfig(DecoderConfig):
     n_kv_head: int = 4
-    d_model: int = 256
     ff_dim: int = 704
     head_size: int | None = None  # per-head width; d_model // n_head when None
-    max_len: int = 2048
     rope_theta: float = 10000.0
     rope_type: str = "default"  # "default", "linear" or "llama3" (Llama 3.1+ long-context scaling)
     rope_factor: float = 1.0
@@ -48,24 +43,21 @@ class LlamaConfig:
     qkv_bias: bool = False  # Qwen2: biases on q/k/v only
     o_bias: bool = False  # Llama's attention_bias=True biases o_proj too
     mlp_bias: bool = False
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.n_head % self.n_kv_head:
             raise ValueError(f"LlamaConfig: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(f"LlamaConfig: rope_type={self.rope_type!r} is not one of {ROPE_TYPES}")
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in DTYPES:
-                raise ValueError(f"LlamaConfig: {field}={getattr(self, field)!r} is not one of {tuple(DTYPES)}")
 
     @property
     def head_dim(self) -> int:
         return self.head_size or self.d_model // self.n_head
 
-    def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        return init_cache(self.n_layer, batch, max_len or self.max_len, self.n_kv_head, self.head_dim, DTYPES[self.dtype])
+    @property
+    def cache_heads(self) -> int:
+        return self.n_kv_head
 
     def inverse_frequencies(self) -> np.ndarray:
         """float32[head_dim // 2] rotary frequencies, computed as HF does (float32 powers of rope_theta)."""
@@ -146,13 +138,6 @@ class Llama(CausalLM):
     """The Llama family: `CausalLM` with rotary positions inside attention and a tied or untied `lm_head`."""
 
     config: LlamaConfig
-    token_embedding_name = "embed_tokens"
-    output_head_name = "lm_head"
-
-    @nn.nowrap
-    def block(self, layer: int) -> LlamaBlock:
-        return LlamaBlock(self.config, name=f"layers_{layer}")
-
-    @nn.nowrap
-    def final_norm(self) -> nn.RMSNorm:
-        return rms_norm(self.config, "norm")
+    token_embedding_name, output_head_name = "embed_tokens", "lm_head"
+    block_module, block_name_prefix = LlamaBlock, "layers_"
+    final_norm_layer, final_norm_name = staticmethod(rms_norm), "norm"
