@@ -117,7 +117,7 @@ def test_cached_logits_equal_uncached(checkpoint):
     assert delta <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama_untied_gqa_theta5e5"])
+@pytest.mark.parametrize("name", ["gpt2", "llama_untied_gqa_theta5e5", "gpt_neox"])
 @pytest.mark.parametrize("dtype, param_dtype", [("bfloat16", "float32"), ("bfloat16", "bfloat16")])
 def test_bfloat16_logits_close_to_float32(name, dtype, param_dtype, tmp_path_factory):
     _, _, folder = _build(name, tmp_path_factory)

@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 
 import flax.linen as nn
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
-from rlbias_jax.models.loading import ModelLoadError, load_tokenizer, read_checkpoint
+from rlbias_jax.models.loading import ModelLoadError, convert_tensors, load_tokenizer, read_checkpoint
 
 KINDS = ("bert", "distilbert")
 
@@ -206,21 +205,10 @@ def load_classifier(folder: str | Path) -> LoadedClassifier:
     config = encoder_config(folder)
     module = SequenceClassifierEncoder(config)
     names = _bert_names(config) if config.kind == "bert" else _distilbert_names(config)
-    shapes = {path: tuple(leaf.shape) for path, leaf in flax.traverse_util.flatten_dict(
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))["params"], sep="/").items()}
-    assert sorted(shapes) == sorted(path for _, path, _ in names), "name map out of sync with the module"
     tensors = {_canonical(name): value for name, value in read_checkpoint(folder).items()}
-    flat = {}
-    for hf_name, path, transpose in names:
-        if hf_name not in tensors:
-            raise ModelLoadError(f"tensor {hf_name!r} is missing from the reward model checkpoint in {folder}")
-        array, file = tensors[hf_name]
-        want = shapes[path][::-1] if transpose else shapes[path]
-        if tuple(array.shape) != want:
-            raise ModelLoadError(f"tensor {hf_name!r} in {file} has shape {tuple(array.shape)}, but config.json implies {want}")
-        flat[path] = jnp.asarray(array.T if transpose else array, jnp.float32)
+    # tensors the classifier does not use (position_ids buffers, MLM heads) are ignored
+    params = convert_tensors(module, names, tensors, ignored=".*", param_dtype=jnp.float32)
     tokenizer = load_tokenizer(folder)
     if tokenizer is None:
         raise ModelLoadError(f"the reward model folder {folder} has no tokenizer files (vocab.txt / tokenizer.json)")
-    params = flax.traverse_util.unflatten_dict(flat, sep="/")
     return LoadedClassifier(module, params, config, tokenizer, positive_label_index(folder), str(folder))

@@ -30,8 +30,10 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from rlbias_jax.models.gpt2 import DTYPES, GPT2, GPT2Config, LMOutput
+from rlbias_jax.models.decoder import LMOutput
+from rlbias_jax.models.gpt2 import GPT2, GPT2Config
 from rlbias_jax.models.gpt_neox import GPTNeoX, GPTNeoXConfig
+from rlbias_jax.models.layers import DTYPES
 from rlbias_jax.models.llama import ROPE_TYPES, Llama, LlamaConfig
 from rlbias_jax.models.sampling import SamplingConfig
 
