@@ -74,7 +74,8 @@ def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig):
     logprobs, values, entropy = response_statistics(apply_fn, params, batch.tokens, response_len, config.temperature, batch.inputs)
     mask = batch.response_mask
 
-    log_ratio = logprobs - batch.logprobs
+    # masked before exp: a token after EOS must not overflow the ratio (exp(> 88.7) = inf in float32)
+    log_ratio = jnp.where(mask, logprobs - batch.logprobs, 0.0)
     ratio = jnp.exp(log_ratio)
     policy_losses = -batch.advantages * ratio
     policy_losses_clipped = -batch.advantages * jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
