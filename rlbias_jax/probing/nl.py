@@ -59,7 +59,7 @@ def measure_nl_extractability(config: Config, key: jax.Array, setup, task_data: 
         probe = pretrained_probe(loaded.module, loaded.params, prompt_len)
     code = OnlineCode(probe, make_schedule(config), ends)
     lm_apply = lambda params, tokens, **kw: loaded.module.apply({"params": params}, tokens, **kw)  # noqa: E731
-    result = ExtractabilityResult()
+    result = ExtractabilityResult(config.probe.min_accuracy)
     for task_id in config.task.task_ids:
         started = time.perf_counter()
         order_key, init_key, train_key = jax.random.split(jax.random.fold_in(key, task_id), 3)
