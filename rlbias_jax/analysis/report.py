@@ -324,7 +324,8 @@ def _h2_summary(analysis: Analysis) -> str:
     else:
         text += (
             f"Mean within-task Spearman ρ(s-only rate, use_target) = {test['rho']:.2f} over {test['n']} task(s), one-sided p = "
-            f"{_p_with_method(test)} (rates permuted within seeds), {int(test['ci_level'] * 100)} % bootstrap CI {_interval(test)}"
+            f"{_p(test['p_one_sided'])} ({'exact' if test['p_method'].startswith('exact') else 'permutation'}, rates permuted within seeds), "
+            f"{int(test['ci_level'] * 100)} % bootstrap CI {_interval(test)}"
             f"{_power_text(test)} → **{test['verdict_text']}**."
         )
     reached = [t for t in test["tasks"] if t["evidence_required"] is not None]
@@ -350,8 +351,9 @@ def _behaviour_summary(analysis: Analysis) -> str:
 def summary_paragraphs(analysis: Analysis) -> list[str]:
     paragraphs = [_behaviour_summary(analysis), _h1_summary(analysis), _h2_summary(analysis)]
     seeds = analysis.summary[analysis.summary["decoding"] == analysis.headline_decoding]["n_seeds"]
+    seeds_text = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
     trust = (
-        f"How much to trust this: each task × rate cell averages {seeds.min()}–{seeds.max()} kept seed(s); "
+        f"How much to trust this: each task × rate cell averages {seeds_text} kept seed(s); "
         f"{len(analysis.filtered.failed)} run(s) failed numerically and {len(analysis.filtered.dropped)} were dropped by the failed-run filter "
         "(listed below). All statistics are in stats.json; read ρ together with n, the smallest attainable p and the interval."
     )
