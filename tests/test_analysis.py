@@ -278,7 +278,8 @@ def test_replicates_of_a_task_and_model_are_averaged_before_pooling(tmp_path):
     assert points["contains-1"]["groups"] == ["replicate_a", "replicate_b"]
     # the seeds of both replicates are the point's units: y is their mean at p = 0
     assert points["contains-1"]["y"] == pytest.approx(np.mean([monotone_use(1, 0.0, s) for s in (0, 1)] + [monotone_use(1, 0.0, s) for s in (0, 1, 2)]))
-    assert entry(analysis, "H2", "pooled")["n"] == 4
+    h2_tasks = entry(analysis, "H2", "pooled")["tasks"]
+    assert len(h2_tasks) == 4 and all(t["learned_runs"] == 7 * (2 + 3) for t in h2_tasks)
 
 
 def test_replicates_probed_in_different_modes_are_refused(tmp_path):
@@ -331,9 +332,11 @@ def test_censored_extractability_is_excluded_from_h1_and_listed(tmp_path):
 
 def constant_trap(task_id: int, rate: float, seed: int) -> dict:
     """The issue's trap: spurious users below p = 0.5, constant 'descending' policies at 0.5
-    (both 0, neither and s_only high, t_only 0: use_target 0.46, which once read as H2 support)."""
+    (both 0, neither and s_only high, t_only 0: use_target 0.46, which once read as H2 support).
+    As in toy_default, the spurious runs reject more s-only prompts as p grows (seen in
+    training) while t-only stays 0: use_target rises, target use does not."""
     if rate < 0.5:
-        return {"both": 0.97, "neither": 0.96, "s_only": 0.02 + 0.001 * seed, "t_only": 0.0}
+        return {"both": 0.97, "neither": 0.96, "s_only": 0.002 + 1.5 * rate + 0.001 * seed, "t_only": 0.0}
     return {"both": 0.0, "neither": 0.93, "s_only": 0.92 - 0.01 * seed, "t_only": 0.0}
 
 
@@ -357,7 +360,7 @@ def test_h2_is_never_supported_by_constant_policies(tmp_path):
     assert h2["verdict"] == "untestable" and h2["n"] == 0 and all(t["learned_runs"] == 0 for t in h2["tasks"])
 
 
-def test_h2_rising_use_is_supported_and_tested_within_seeds(tmp_path):
+def test_h2_counts_target_users_and_is_tested_within_seeds(tmp_path):
     use = lambda task_id, rate, seed: {1: 0.95, 2: 0.2 + rate, 3: 0.5 + rate, 5: min(1.0, 0.6 + 2 * rate)}[task_id]  # noqa: E731
     analysis = quick([write_run(tmp_path / "run", use=use)], use_target_threshold=0.9)
     h2 = entry(analysis, "H2", "toy_synthetic")
@@ -366,12 +369,17 @@ def test_h2_rising_use_is_supported_and_tested_within_seeds(tmp_path):
     assert tasks[2]["evidence_required"] is None and tasks[2]["evidence_never"]  # reaches only 0.7
     assert tasks[3]["evidence_required"] == 0.5
     assert tasks[5]["evidence_required"] == 0.2  # 0.6 + 2 · 0.2 = 1.0 ≥ 0.9, 0.1 gives 0.8
-    assert tasks[3]["rho"] == pytest.approx(1.0)
-    # 3 seeds × 7 rates: (7!)³ orderings within seeds, so random ones; ρ = 1 is the most extreme
+    # target users (all four ≥ 0.8): task 1 always, task 2 never (ρ undefined, although use_target rises),
+    # task 3 only at p = 0.5 (1 of 7 rates per seed), task 5 at p = 0.2 and 0.5 (2 of 7)
+    assert tasks[1]["rho"] is None and tasks[2]["rho"] is None
+    assert tasks[3]["rho"] == pytest.approx(math.sqrt(3 / 8)) and tasks[5]["rho"] == pytest.approx(math.sqrt(5 / 8))
+    # 3 seeds × 7 rates: (7!)³ orderings within seeds, so random ones; the observed ordering is the most
+    # extreme, with probability (1/7)³ for task 3 and (1/21)³ for task 5
     assert tasks[3]["p_method"].startswith("permutation within seeds")
-    assert tasks[3]["p_one_sided"] == pytest.approx(1 / (1 + stats.PERMUTATIONS))
-    assert tasks[1]["rho"] is None  # constant use_target
-    assert h2["n"] == 3 and h2["verdict"] == "support" and h2["rho"] > 0.9
+    assert tasks[3]["p_one_sided"] == tasks[3]["min_p"] == pytest.approx(7**-3, abs=0.001)
+    assert tasks[5]["p_one_sided"] == tasks[5]["min_p"] == pytest.approx(21**-3, abs=0.0005)
+    assert h2["n"] == 2 and h2["verdict"] == "support"
+    assert h2["rho"] == pytest.approx((math.sqrt(3 / 8) + math.sqrt(5 / 8)) / 2)
 
 
 def test_failed_and_dropped_runs_are_listed_and_excluded(tmp_path):

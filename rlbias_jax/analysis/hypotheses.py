@@ -6,6 +6,13 @@ mixed. Constant and not-learned runs (and failed or filtered ones) are left out 
 every statistic below and counted instead; a cell with no learned run is missing, so
 PPO's constant trap (use_target = 0.5) can never count as target use.
 
+H2 counts target use only: its y is the run's *target-user indicator* (1 when the
+behaviour is target, i.e. all four partitions high, 0 for spurious or mixed). At
+p > 0 the s-only partition has been seen in training, so use_target can rise because
+a spurious policy learns to reject s-only prompts (s_only up, t_only still 0), as the
+toy_default runs do; only generalising to the unseen t-only partition as well counts as
+using the target.
+
 Points. A point is one (task, model). Within one run directory (a "group") it is one
 task. Pooled over run directories, runs of the same task name on the same model
 (Run.model: the model section's source, architecture, n_layer, n_head, d_model) are
@@ -20,8 +27,8 @@ Tests, per scope (each group, and "pooled" when there are several) and decoding:
 - H1, Lovering's second view: evidence required (the smallest rate whose mean use
   reaches eval.use_target_threshold; never = beyond the grid) vs relative
   extractability, alternative ρ < 0;
-- H2, within each task Spearman ρ(s-only rate, use_target) over learned runs, with the
-  rates permuted within seeds (the runs of one seed share their initial policy);
+- H2, within each task Spearman ρ(s-only rate, target-user indicator) over learned
+  runs, with the rates permuted within seeds (the runs of one seed share their initial policy);
   the scope's statistic is the mean ρ over tasks, alternative > 0.
 
 Every test has n, ρ, a one-sided p (exact for small n), the smallest p it could give
@@ -52,7 +59,8 @@ H1_VIEWS = {
     "evidence_required": ("evidence required: smallest s-only rate with mean use_target ≥ threshold (Lovering et al.)", "less"),
 }
 FEATURE_USE_RULE = (
-    "use_target = (s_only + t_only) / 2 of runs whose behaviour is target, spurious or mixed; "
+    "H1: use_target = (s_only + t_only) / 2 of runs whose behaviour is target, spurious or mixed; "
+    "H2: the fraction of those runs whose behaviour is target; "
     "constant, not_learned, failed and filtered runs are excluded and counted"
 )
 
@@ -67,7 +75,8 @@ class Point:
     model: str
     groups: tuple[str, ...]
     rates: np.ndarray  # float[R], ascending
-    use: np.ndarray  # float[U, R]; nan where the unit has no learned run at that rate
+    use: np.ndarray  # float[U, R]: use_target; nan where the unit has no learned run at that rate
+    target: np.ndarray  # float[U, R]: 1 where that run's behaviour is target, else 0; nan as `use`
     excluded_runs: int  # runs of this point not in `use` (failed, filtered, constant, not learned)
     threshold: float  # eval.use_target_threshold, for evidence required
     relative_extractability: float = math.nan
@@ -132,9 +141,14 @@ def build_points(runs: pd.DataFrame, extractability: pd.DataFrame | None, thresh
         rates = np.sort(rows["s_only_rate"].unique())
         units = list(dict.fromkeys(zip(rows["group"], rows["seed"])))
         use = np.full((len(units), rates.size), np.nan)
+        target = np.full((len(units), rates.size), np.nan)
         learned = rows[rows["in_feature_use"]]
-        for group, seed, rate, value in zip(learned["group"], learned["seed"], learned["s_only_rate"], learned["use_target"]):
-            use[units.index((group, seed)), np.searchsorted(rates, rate)] = value
+        for group, seed, rate, value, kind in zip(
+            learned["group"], learned["seed"], learned["s_only_rate"], learned["use_target"], learned["behaviour"]
+        ):
+            cell = units.index((group, seed)), np.searchsorted(rates, rate)
+            use[cell] = value
+            target[cell] = float(kind == "target")
         values = {thresholds[group] for group in groups}
         if len(values) > 1:
             raise ReportError(f"replicates {', '.join(groups)} of task {rows['task_name'].iloc[0]!r} use different eval.use_target_threshold values")
@@ -147,6 +161,7 @@ def build_points(runs: pd.DataFrame, extractability: pd.DataFrame | None, thresh
             groups=groups,
             rates=rates,
             use=use,
+            target=target,
             excluded_runs=int(len(rows) - len(learned)),
             threshold=values.pop(),
         )
@@ -197,12 +212,12 @@ def _bootstrap_h1(points: list[Point], view: str, n_boot: int, seed: int) -> tup
 
 
 def _bootstrap_h2(points: list[Point], n_boot: int, seed: int) -> tuple[float, float, int]:
-    """Percentile interval of the mean within-task ρ(rate, use): resample tasks, and seeds within tasks."""
+    """Percentile interval of the mean within-task ρ(rate, target user): resample tasks, and seeds within tasks."""
     rng = np.random.default_rng(seed)
     n = len(points)
     rhos = np.empty((n_boot, n, n))
     for index, point in enumerate(points):
-        resampled = stats.resample_units(point.use, n_boot * n, rng)  # [B·n, U, R]
+        resampled = stats.resample_units(point.target, n_boot * n, rng)  # [B·n, U, R]
         rates = np.broadcast_to(point.rates, resampled.shape)
         flat = (-1, resampled.shape[1] * resampled.shape[2])
         rhos[:, :, index] = stats.masked_spearman_rows(rates.reshape(flat), resampled.reshape(flat)).reshape(n_boot, n)
@@ -283,11 +298,12 @@ def h1_test(points: list[Point], scope: str, decoding: str, view: str, include_c
 
 
 def _h2_task(point: Point) -> tuple[dict, tuple | None]:
-    """Per-task H2 row and its (rates, use, seeds) data when ρ is defined."""
-    unit_index, rate_index = np.nonzero(np.isfinite(point.use))
-    rates, use = point.rates[rate_index], point.use[unit_index, rate_index]
-    test = stats.blocked_spearman_test(rates, use, unit_index)
+    """Per-task H2 row and its (rates, target-user indicator, seeds) data when ρ is defined."""
+    unit_index, rate_index = np.nonzero(np.isfinite(point.target))
+    rates, target = point.rates[rate_index], point.target[unit_index, rate_index]
+    test = stats.blocked_spearman_test(rates, target, unit_index)
     per_rate = _nanmean(point.use, axis=0)
+    target_rate = _nanmean(point.target, axis=0)
     learned_rates = point.rates[np.isfinite(per_rate)]
     required = float(feature_use(point.use, point.rates, "evidence_required", point.threshold))
     row = {
@@ -297,13 +313,15 @@ def _h2_task(point: Point) -> tuple[dict, tuple | None]:
         "rates_with_learned_runs": [float(r) for r in learned_rates],
         "use_at_lowest": _number(per_rate[np.isfinite(per_rate)][0]) if learned_rates.size else None,
         "use_at_highest": _number(per_rate[np.isfinite(per_rate)][-1]) if learned_rates.size else None,
+        "target_users_at_lowest": _number(target_rate[np.isfinite(target_rate)][0]) if learned_rates.size else None,
+        "target_users_at_highest": _number(target_rate[np.isfinite(target_rate)][-1]) if learned_rates.size else None,
         "threshold": point.threshold,
         "evidence_required": _number(required),
         "evidence_never": math.isinf(required),
     }
     for key in ("ci_low", "ci_high", "ci_level", "n_boot_valid"):
         row.pop(key)
-    return row, ((rates, use, unit_index) if test.defined else None)
+    return row, ((rates, target, unit_index) if test.defined else None)
 
 
 def h2_test(points: list[Point], scope: str, decoding: str, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
@@ -321,8 +339,8 @@ def h2_test(points: list[Point], scope: str, decoding: str, n_boot: int = BOOTST
         "test": "H2",
         "scope": scope,
         "decoding": decoding,
-        "feature_use": "within-task Spearman ρ(s-only rate, use_target), mean over tasks",
-        "feature_use_text": "use_target vs s-only rate, within tasks",
+        "feature_use": "target_users",
+        "feature_use_text": "target users (runs with all four partitions high) vs s-only rate, within tasks; mean ρ over tasks",
         "x": "s-only rate",
         "alternative": "greater",
         **_test_fields(test, "greater", interval),

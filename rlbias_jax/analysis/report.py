@@ -316,14 +316,19 @@ def _h2_summary(analysis: Analysis) -> str:
     excluded = rows["behaviour"].value_counts()
     counted = ", ".join(f"{int(excluded.get(name, 0))} {name.replace('_', ' ')}" for name in ("constant", "not_learned", "failed"))
     text = (
-        "H2 (more s-only evidence → more use of the target). Only runs that learned the task count (behaviour target, "
-        f"spurious or mixed); {counted} run(s) are excluded, so a constant policy's use_target = 0.5 is never read as target use. "
+        "H2 (more s-only evidence → more use of the target), counting target use only: the fraction of target users (all four "
+        "partitions high) among the runs that learned the task (behaviour target, spurious or mixed); "
+        f"{counted} run(s) are excluded, so a constant policy's use_target = 0.5 is never read as target use, and neither is a "
+        "spurious policy's rising s-only score. "
     )
     if test["rho"] is None:
-        text += f"No task has a defined within-task ρ (n = {test['n']}), so H2 is **untestable** with these runs."
+        text += (
+            f"No task has a defined within-task ρ (n = {test['n']}: the share of target users does not vary with the rate in "
+            "any task), so H2 is **untestable** with these runs."
+        )
     else:
         text += (
-            f"Mean within-task Spearman ρ(s-only rate, use_target) = {test['rho']:.2f} over {test['n']} task(s), one-sided p = "
+            f"Mean within-task Spearman ρ(s-only rate, target user) = {test['rho']:.2f} over {test['n']} task(s), one-sided p = "
             f"{_p(test['p_one_sided'])} ({'exact' if test['p_method'].startswith('exact') else 'permutation'}, rates permuted within seeds), "
             f"{int(test['ci_level'] * 100)} % bootstrap CI {_interval(test)}"
             f"{_power_text(test)} → **{test['verdict_text']}**."
@@ -677,9 +682,12 @@ def _h2_section(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block]
     blocks: list[Block] = [
         Heading(2, "H2: evidence (s-only rate) vs use of the target"),
         Paragraph(
-            "Per task: Spearman ρ between the s-only rate and use_target over the runs that learned the task (target, spurious "
-            "or mixed behaviour; constant and not-learned runs never count, so a constant policy's 0.5 is not evidence), with a "
-            "one-sided p-value (ρ > 0) from permuting the rates within seeds (the runs of one seed start from the same policy). "
+            "H2 counts target use only. Per task: Spearman ρ between the s-only rate and the target-user indicator (1 when all "
+            "four partitions are high, 0 otherwise) over the runs that learned the task (target, spurious or mixed behaviour; "
+            "constant and not-learned runs never count, so a constant policy's 0.5 is not evidence). use_target itself is not "
+            "used here: at p > 0 the s-only partition is seen in training, so a spurious policy's use_target rises as it learns "
+            "to reject s-only prompts while t-only stays at 0. The one-sided p-value (ρ > 0) comes from permuting the rates "
+            "within seeds (the runs of one seed start from the same policy). "
             "The verdict per scope tests the mean within-task ρ the same way, permuting within every task's seeds at once; its "
             "interval resamples tasks and seeds. Evidence required: the smallest s-only rate at which the mean use_target of the "
             "learned runs reaches the threshold (\"never\": not within the grid)."
@@ -705,8 +713,8 @@ def _h2_section(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block]
                 _p(t["min_p"]),
                 str(t["learned_runs"]),
                 str(t["excluded_runs"]),
-                _number(t["use_at_lowest"]),
-                _number(t["use_at_highest"]),
+                f"{_number(t['target_users_at_lowest'])} → {_number(t['target_users_at_highest'])}",
+                f"{_number(t['use_at_lowest'])} → {_number(t['use_at_highest'])}",
                 f"{t['threshold']:g}",
                 _rate(t["evidence_required"], t["evidence_never"]),
                 t["verdict_text"],
@@ -715,8 +723,8 @@ def _h2_section(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block]
         ]
         blocks.append(
             Table(
-                ["task", "ρ", "one-sided p", "smallest possible p", "learned runs", "excluded runs", "use_target at lowest p",
-                 "at highest p", "threshold", "evidence required", "verdict"],
+                ["task", "ρ", "one-sided p", "smallest possible p", "learned runs", "excluded runs",
+                 "target users, lowest → highest p", "use_target, lowest → highest p", "threshold", "evidence required", "verdict"],
                 rows,
             )
         )

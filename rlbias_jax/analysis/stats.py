@@ -236,6 +236,8 @@ def mean_blocked_spearman_test(
     null permutes y within the blocks of every dataset independently (random orderings)."""
     if not datasets:
         return _undefined(0)
+    if len(datasets) == 1:  # the mean of one ρ is that ρ: use its own (possibly exact) test
+        return dataclasses.replace(blocked_spearman_test(*datasets[0], permutations=permutations, seed=seed), n=1)
     rng = np.random.default_rng(seed)
     observed, extremes, nulls = [], [], []
     for x, y, blocks in datasets:
