@@ -199,12 +199,19 @@ class SweepConfig:
 class EvalConfig:
     greedy: bool = True
     baseline: bool = True  # evaluate the untrained policies too (baseline.csv)
-    failed_neither_threshold: float = 0.0  # runs whose neither score is below are dropped in the report
+    # The report drops runs that never learned the task: toy, min(both, neither) below this;
+    # NL, neither below this (the paper: 0.7).
+    failed_neither_threshold: float = 0.0
     use_target_threshold: float = 0.9  # for "evidence required"
+    # τ of the behaviour classes (SPEC §8): a score is high when >= τ, low when <= 1 - τ.
+    behaviour_threshold: float = 0.8
+    # Whether H1 keeps tasks whose extractability is censored (a probe below probe.min_accuracy).
+    h1_include_censored: bool = False
 
     def validate(self) -> None:
         _require(0 <= self.failed_neither_threshold <= 1, "eval.failed_neither_threshold", "must be in [0, 1]")
         _require(0 <= self.use_target_threshold <= 1, "eval.use_target_threshold", "must be in [0, 1]")
+        _require(0.5 < self.behaviour_threshold <= 1, "eval.behaviour_threshold", f"must be in (0.5, 1] so that high and low do not overlap (got {self.behaviour_threshold})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +250,9 @@ class ProbeConfig:
     # frozen mode: probes on every layer's last-position hidden state
     frozen_head: Literal["linear", "mlp"] = "linear"
     frozen_mlp_width: int = 256
+    # Lovering's control: a probe whose held-out accuracy is below this did not learn its
+    # feature, so its MDL is a floor, not a value; the task's row is marked censored.
+    min_accuracy: float = 0.9
 
     def validate(self) -> None:
         _require(self.mode in ("finetune", "policy", "frozen"), "probe.mode", f"unknown probe mode {self.mode!r}; known: finetune, policy, frozen")
@@ -255,6 +265,7 @@ class ProbeConfig:
         _require(self.probe_size >= 11, "probe.probe_size", f"must be >= 11, one example per online-code block (got {self.probe_size})")
         _require(self.learning_rate > 0, "probe.learning_rate", "must be > 0")
         _require(self.weight_decay >= 0, "probe.weight_decay", "must be >= 0")
+        _require(0 <= self.min_accuracy <= 1, "probe.min_accuracy", f"must be in [0, 1] (got {self.min_accuracy})")
         _require(self.encoder_width % self.encoder_heads == 0, "probe.encoder_width",
                  f"({self.encoder_width}) must be divisible by probe.encoder_heads ({self.encoder_heads})")
         for name in ("dropout", "head_dropout"):

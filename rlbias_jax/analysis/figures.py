@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.cm
 import matplotlib.colors
+import matplotlib.patches
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
@@ -23,11 +24,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from rlbias_jax.analysis.stats import H1_SETTINGS, H1Result
+from rlbias_jax.analysis.stats import LogisticFit
 
 RATE_LABEL = "s-only rate p (fraction, symlog scale)"
 SCORE_UNITS = {"toy": "mean test reward, 0–1", "nl": "normalised reward (r + 2.8) / 5.6"}
 EXTRACTABILITY_LABEL = "relative extractability MDL(s) / MDL(t) (ratio, log scale)"
+VIEW_TITLES = {"rate0": "use of the target at the lowest s-only rate", "average": "use of the target averaged over s-only rates"}
 PARTITION_TITLES = {
     "both": "both (s and t; reward for label 1)",
     "neither": "neither (label 0)",
@@ -112,7 +114,7 @@ def score_label(experiment: str) -> str:
 
 
 def use_label(experiment: str) -> str:
-    return f"use_target = (s-only + t-only) / 2\n({SCORE_UNITS.get(experiment, 'mean test score')})"
+    return f"use_target = (s-only + t-only) / 2 of learned runs\n({SCORE_UNITS.get(experiment, 'mean test score')})"
 
 
 def _score_limits(values: np.ndarray) -> tuple[float, float]:
@@ -182,61 +184,62 @@ def figure_scores_vs_rate(
 # (b) use_target vs relative extractability
 
 
-def _format_p(p_value: float) -> str:
-    if not math.isfinite(p_value):
+def _format_p(p_value: float | None) -> str:
+    if p_value is None:
         return "p n/a"
-    return f"p = {p_value:.2g}" if p_value >= 0.001 else "p < 0.001"
+    return f"one-sided p = {p_value:.2g}" if p_value >= 0.001 else "one-sided p < 0.001"
 
 
-def correlation_label(result: H1Result) -> str:
-    correlation = result.correlation
-    if not correlation.defined:
-        return f"Spearman ρ undefined (n = {correlation.n} tasks)"
+def correlation_label(test: dict) -> str:
+    """ρ, one-sided p, n and CI of a stats.json H1 entry."""
+    if test["rho"] is None:
+        return f"Spearman ρ undefined (n = {test['n']})"
     interval = ""
-    if math.isfinite(correlation.ci_low):
-        interval = f", 95% CI [{correlation.ci_low:.2f}, {correlation.ci_high:.2f}]"
-    return f"Spearman ρ = {correlation.rho:.2f}, {_format_p(correlation.p_value)}, n = {correlation.n}{interval}"
+    if test["ci_low"] is not None and test["ci_high"] is not None:
+        interval = f",\n95% CI [{test['ci_low']:.2f}, {test['ci_high']:.2f}]"
+    return f"Spearman ρ = {test['rho']:.2f}, {_format_p(test['p_one_sided'])}, n = {test['n']}{interval}"
 
 
-def figure_use_vs_extractability(results: dict[str, H1Result], decoding: str, experiment: str = "toy") -> Figure:
-    """One panel per H1 setting (p = 0; average over p): tasks with SEM bars, logistic fit, ρ."""
+def figure_use_vs_extractability(tests: list[dict], decoding: str, experiment: str = "toy") -> Figure:
+    """One panel per H1 entry of stats.json (use at the lowest rate; average over rates): points with
+    SEM bars, censored points hollow, the logistic fit and ρ."""
     with matplotlib.rc_context(STYLE):
-        figure = _new_figure(8.0, 5.4)
-        axes = figure.subplots(1, len(results), sharey=True, squeeze=False)[0]
-        for axis, (setting, result) in zip(axes, results.items()):
-            points = result.points
-            groups = list(dict.fromkeys(points["group"]))
+        figure = _new_figure(8.0, 5.6)
+        axes = figure.subplots(1, len(tests), sharey=True, squeeze=False)[0]
+        all_y = [p["y"] for t in tests for p in t["points"]] + [c["y"] for t in tests for c in t["censored"] if c["y"] is not None]
+        for axis, test in zip(axes, tests):
+            points = pd.DataFrame(test["points"], columns=["groups", "x", "x_sem", "y", "y_sem"])
+            groups = list(dict.fromkeys("+".join(g) for g in points["groups"]))
             for index, group in enumerate(groups):
-                rows = points[points["group"] == group]
-                label = f"{group} tasks (mean ± SEM)" if len(groups) > 1 else "tasks (mean ± SEM over seeds)"
+                rows = points[points["groups"].map("+".join) == group]
+                label = f"{group} (mean ± SEM)" if len(groups) > 1 else "(task, model) points (mean ± SEM over seeds)"
                 axis.errorbar(
-                    rows["relative_extractability"],
-                    rows["use_target"],
-                    xerr=np.nan_to_num(rows["relative_extractability_sem"].to_numpy()),
-                    yerr=np.nan_to_num(rows["use_target_sem"].to_numpy()),
-                    fmt=GROUP_MARKERS[index % len(GROUP_MARKERS)],
-                    markersize=5,
-                    capsize=2,
-                    label=label,
+                    rows["x"], rows["y"],
+                    xerr=np.nan_to_num(rows["x_sem"].to_numpy(dtype=np.float64)),
+                    yerr=np.nan_to_num(rows["y_sem"].to_numpy(dtype=np.float64)),
+                    fmt=GROUP_MARKERS[index % len(GROUP_MARKERS)], markersize=5, capsize=2, label=label,
                 )
-            x = points["relative_extractability"].to_numpy()
-            low, high = float(x.min()) / 1.5, float(x.max()) * 1.5
+            censored = [c for c in test["censored"] if c["y"] is not None and not c["included"]]
+            if censored:
+                axis.plot([c["x"] for c in censored], [c["y"] for c in censored], "o", markerfacecolor="none",
+                          markeredgecolor="grey", markersize=6, label="censored extractability (not in ρ)")
+            x = np.array([p["x"] for p in test["points"]] + [c["x"] for c in censored], dtype=np.float64)
             axis.set_xscale("log")
-            axis.set_xlim(min(low, 0.8), max(high, 1.25))
+            axis.set_xlim(min(float(x.min()) / 1.5, 0.8), max(float(x.max()) * 1.5, 1.25))
             plain_log_ticks(axis.xaxis, *axis.get_xlim())
-            if result.fit is not None:
+            if test["fit"] is not None:
                 grid = np.geomspace(*axis.get_xlim(), 200)
-                axis.plot(grid, result.fit(grid), "k-", linewidth=1.2, label=f"logistic fit (midpoint {result.fit.midpoint:.2g})")
+                fit = LogisticFit(test["fit"]["slope"], test["fit"]["midpoint"])
+                axis.plot(grid, fit(grid), "k-", linewidth=1.2, label=f"logistic fit (midpoint {fit.midpoint:.2g})")
             axis.axvline(1.0, color="grey", linestyle=":", linewidth=1, label="equal extractability (ratio 1)")
-            axis.plot([], [], " ", label=correlation_label(result))
-            axis.set_ylim(*_score_limits(np.concatenate([r.points["use_target"].to_numpy() for r in results.values()])))
+            axis.plot([], [], " ", label=correlation_label(test))
+            axis.set_ylim(*_score_limits(np.array(all_y, dtype=np.float64)))
             axis.set_xlabel(EXTRACTABILITY_LABEL)
-            axis.set_title(f"use of the target {H1_SETTINGS[setting]}")
+            axis.set_title(VIEW_TITLES[test["feature_use"]])
             axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7)
             axis.grid(True, which="both", alpha=0.25)
         axes[0].set_ylabel(use_label(experiment))
-        scope = next(iter(results.values())).scope
-        figure.suptitle(f"(b) Feature use vs relative extractability ({scope}, {decoding} decoding)")
+        figure.suptitle(f"(b) Feature use of learned runs vs relative extractability ({tests[0]['scope']}, {decoding} decoding)")
     return figure
 
 
@@ -245,7 +248,8 @@ def figure_use_vs_extractability(results: dict[str, H1Result], decoding: str, ex
 
 
 def figure_extractability_bars(selected: pd.DataFrame, note: str) -> Figure:
-    """Bars from 1 to MDL(s)/MDL(t) per task on a log axis, ± SEM; right of 1 favours the target.
+    """Bars from 1 to MDL(s)/MDL(t) per task on a log axis, ± SEM; right of 1 favours the target;
+    censored rows hatched and faded.
 
     Horizontal bars, so that task names of any length stay readable without rotation.
     """
@@ -259,7 +263,12 @@ def figure_extractability_bars(selected: pd.DataFrame, note: str) -> Figure:
         figure = _new_figure(6.5, 2.4 + 0.4 * len(values))
         axis = figure.subplots()
         positions = np.arange(len(values))
-        axis.barh(positions, values - 1.0, left=1.0, color=colours, edgecolor="black", linewidth=0.5, height=0.6)
+        censored = selected["censored"].to_numpy(dtype=bool) if "censored" in selected.columns else np.zeros(len(values), bool)
+        bars = axis.barh(positions, values - 1.0, left=1.0, color=colours, edgecolor="black", linewidth=0.5, height=0.6)
+        for bar, flagged in zip(bars, censored):
+            if flagged:
+                bar.set_hatch("///")
+                bar.set_alpha(0.45)
         lower = np.minimum(errors, values * 0.95)  # keep error bars positive on the log axis
         axis.errorbar(values, positions, xerr=[lower, errors], fmt="none", ecolor="black", capsize=3, label="± SEM over probe seeds")
         axis.axvline(1.0, color="grey", linestyle="--", linewidth=1, label="equal extractability (ratio 1)")
@@ -272,7 +281,11 @@ def figure_extractability_bars(selected: pd.DataFrame, note: str) -> Figure:
         axis.invert_yaxis()  # first task on top
         axis.set_ylabel("task")
         axis.set_xlabel("relative extractability MDL(s) / MDL(t)\n(ratio, log scale; > 1: target easier to extract)")
-        figure.legend(*axis.get_legend_handles_labels(), loc="outside lower center", ncols=2)
+        handles, labels = axis.get_legend_handles_labels()
+        if censored.any():
+            handles.append(matplotlib.patches.Patch(facecolor="white", edgecolor="black", hatch="///"))
+            labels.append("censored: a probe below probe.min_accuracy")
+        figure.legend(handles, labels, loc="outside lower center", ncols=2)
         axis.grid(True, axis="x", which="both", alpha=0.25)
         axis.set_title(f"(c) Relative extractability of the target per task\n({note})")
     return figure

@@ -1,7 +1,11 @@
-"""`write_report`: run directories in, report.md + report.html + figures out (SPEC §7).
+"""`write_report`: run directories in, report.md + report.html + stats.json + behaviour.csv + figures out.
 
-`analyse` turns validated runs into numbers (scores, filters, H1, H2); `build_blocks`
-turns those numbers into one document that is rendered twice (Markdown and HTML).
+`analyse` turns validated runs into numbers: scores, filters, the behaviour of every
+run (analysis.behaviour) and the tests of H1 and H2 (analysis.hypotheses) as one
+JSON-ready document. `write_report` writes that document to stats.json and renders
+the report's statistics from the file it wrote, so the report can never say
+something stats.json does not. `build_blocks` makes one document rendered twice
+(Markdown and HTML).
 """
 
 from __future__ import annotations
@@ -13,41 +17,40 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlbias_jax.analysis import figures
+from rlbias_jax.analysis import behaviour as behaviours
+from rlbias_jax.analysis import figures, hypotheses
 from rlbias_jax.analysis.document import Alert, Block, Code, Heading, Image, Paragraph, Table, to_html, to_markdown
-from rlbias_jax.analysis.stats import (
-    EXACT_PERMUTATION_MAX_N,
-    H1_SETTINGS,
-    MIN_TASKS_FOR_RHO,
-    H1Result,
-    h1,
-    h2,
-    summarise_scores,
-    task_evidence,
-)
+from rlbias_jax.analysis.hypotheses import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, H1_VIEWS, POOLED
+from rlbias_jax.analysis.stats import ALPHA, EXACT_MAX_N, PERMUTATIONS, summarise_scores
 from rlbias_jax.analysis.tables import (
+    DEFAULT_BEHAVIOUR_THRESHOLD,
     DEFAULT_FAILED_NEITHER_THRESHOLD,
+    DEFAULT_H1_INCLUDE_CENSORED,
     DEFAULT_USE_TARGET_THRESHOLD,
     PARTITIONS,
     FilteredScores,
     ReportError,
     Run,
     check_compatible,
+    failed_filter_rule,
     filter_runs,
     load_run,
     run_scores,
     select_extractability,
 )
 
-POOLED = "pooled"
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
+BEHAVIOUR_COLUMNS = [
+    "run", "task_id", "task_name", "s_only_rate", "seed", "decoding", *PARTITIONS,
+    "behaviour", "use_target", "use_spurious", "in_feature_use", "excluded_by",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    failed_neither: float
-    use_target: float
+    failed_neither: float  # failed-run filter (toy: min(both, neither); NL: neither)
+    use_target: float  # evidence required
+    behaviour: float  # τ of the behaviour classes
+    min_accuracy: float  # probe.min_accuracy (censoring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +58,13 @@ class Analysis:
     runs: list[Run]
     thresholds: dict[str, Thresholds]  # per group (run)
     filtered: FilteredScores
-    summary: pd.DataFrame  # per group × task × rate × decoding
+    behaviour: pd.DataFrame  # one row per run × decoding: BEHAVIOUR_COLUMNS (run = group) + group, model
+    summary: pd.DataFrame  # per group × task × rate × decoding, kept runs
     decodings: list[str]  # headline first
-    extractability: pd.DataFrame | None  # the rows used for H1, all groups
+    extractability: pd.DataFrame | None  # the rows used for H1, all groups (with censored, censored_reason)
     extractability_notes: dict[str, str]  # group -> which probe mode / layer was used
-    h1: dict[str, dict[str, dict[str, H1Result]]]  # decoding -> scope -> setting -> result
-    h2: dict[str, pd.DataFrame]  # decoding -> per-task table
+    include_censored: bool
+    stats: dict  # stats.json
 
     @property
     def headline_decoding(self) -> str:
@@ -74,11 +78,9 @@ class Analysis:
     def several_groups(self) -> bool:
         return len(self.runs) > 1
 
-    def headline_h1(self) -> dict[str, H1Result] | None:
-        scopes = self.h1.get(self.headline_decoding, {})
-        if POOLED in scopes:
-            return scopes[POOLED]
-        return next(iter(scopes.values()), None)
+    @property
+    def headline_scope(self) -> str:
+        return POOLED if self.several_groups else self.runs[0].group
 
 
 # ---------------------------------------------------------------------------
@@ -90,7 +92,33 @@ def _thresholds(run: Run, failed_neither: float | None, use_target: float | None
         failed_neither = float(run.config_value("eval", "failed_neither_threshold", DEFAULT_FAILED_NEITHER_THRESHOLD))
     if use_target is None:
         use_target = float(run.config_value("eval", "use_target_threshold", DEFAULT_USE_TARGET_THRESHOLD))
-    return Thresholds(failed_neither, use_target)
+    behaviour = float(run.config_value("eval", "behaviour_threshold", DEFAULT_BEHAVIOUR_THRESHOLD))
+    return Thresholds(failed_neither, use_target, behaviour, run.min_accuracy)
+
+
+def behaviour_table(
+    runs: list[Run], scores: dict[str, pd.DataFrame], thresholds: dict[str, Thresholds], filtered: FilteredScores
+) -> pd.DataFrame:
+    """Every run × decoding (`scores`: run_scores per group) with its behaviour, use_target,
+    use_spurious and whether it enters feature use."""
+    parts = []
+    for run in runs:
+        part = scores[run.group].copy()
+        part["behaviour"] = behaviours.classify_runs(part, thresholds[run.group].behaviour)
+        part["model"] = run.model
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    table["use_spurious"] = behaviours.use_spurious(table["s_only"], table["t_only"])
+    run_keys = ["group", "task_id", "s_only_rate", "seed"]
+    dropped = table.merge(filtered.dropped[run_keys].assign(_dropped=True), on=run_keys, how="left")["_dropped"].eq(True)
+    learned = table["behaviour"].isin(behaviours.LEARNED)
+    table["excluded_by"] = ""
+    table.loc[~learned, "excluded_by"] = "behaviour"
+    table.loc[dropped.to_numpy(), "excluded_by"] = "filter"
+    table.loc[table["status"] == "failed", "excluded_by"] = "failed"
+    table["in_feature_use"] = table["excluded_by"] == ""
+    table["run"] = table["group"]
+    return table
 
 
 def analyse(
@@ -98,20 +126,26 @@ def analyse(
     *,
     failed_neither_threshold: float | None = None,
     use_target_threshold: float | None = None,
+    include_censored: bool | None = None,
     n_boot: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> Analysis:
-    """All statistics of the report; each run is one group, pooled when there are several."""
+    """All numbers of the report; each run directory is one group, pooled when there are several.
+
+    `include_censored` defaults to True only when every run's config sets eval.h1_include_censored.
+    """
     check_compatible(runs)
     thresholds = {run.group: _thresholds(run, failed_neither_threshold, use_target_threshold) for run in runs}
-    parts = [filter_runs(run_scores(run), thresholds[run.group].failed_neither) for run in runs]
+    scores = {run.group: run_scores(run) for run in runs}
+    parts = [filter_runs(scores[run.group], thresholds[run.group].failed_neither, run.experiment) for run in runs]
     filtered = FilteredScores(
         *(pd.concat([getattr(part, name) for part in parts], ignore_index=True) for name in ("kept", "failed", "dropped"))
     )
     if filtered.kept.empty:
-        raise ReportError("no usable runs: every run failed or was dropped by the neither-score filter")
+        raise ReportError("no usable runs: every run failed or was dropped by the failed-run filter")
     present = set(filtered.kept["decoding"])
     decodings = [d for d in ("sample", "greedy") if d in present]
+    table = behaviour_table(runs, scores, thresholds, filtered)
 
     selected, notes = [], {}
     for run in runs:
@@ -120,25 +154,52 @@ def analyse(
         if rows is not None:
             selected.append(rows)
     extractability = pd.concat(selected, ignore_index=True) if selected else None
+    if include_censored is None:
+        include_censored = all(bool(run.config_value("eval", "h1_include_censored", DEFAULT_H1_INCLUDE_CENSORED)) for run in runs)
 
-    h1_results: dict[str, dict[str, dict[str, H1Result]]] = {}
-    lowest_rates = {run.group: float(run.results["s_only_rate"].min()) for run in runs}
-    if extractability is not None:
-        for decoding in decodings:
-            tasks = task_evidence(filtered.kept, extractability, decoding, lowest_rates)
-            groups = dict.fromkeys(task.group for task in tasks)  # groups with both tables for this decoding
-            scopes = {group: [task for task in tasks if task.group == group] for group in groups}
-            if len(scopes) > 1:
-                scopes[POOLED] = tasks
-            h1_results[decoding] = {
-                scope: {setting: h1(scope_tasks, scope, setting, n_boot=n_boot, seed=seed) for setting in H1_SETTINGS}
-                for scope, scope_tasks in scopes.items()
+    settings = {
+        "runs": {
+            run.group: {
+                "path": str(run.path),
+                "model": run.model,
+                "behaviour_threshold": thresholds[run.group].behaviour,
+                "use_target_threshold": thresholds[run.group].use_target,
+                "failed_run_filter": f"{failed_filter_rule(run.experiment)} < {thresholds[run.group].failed_neither:g}",
+                "min_accuracy": thresholds[run.group].min_accuracy,
+                "extractability": notes[run.group],
             }
-    use_thresholds = {group: value.use_target for group, value in thresholds.items()}
-    h2_results = {decoding: h2(filtered.kept, decoding, use_thresholds) for decoding in decodings}
-    return Analysis(
-        runs, thresholds, filtered, summarise_scores(filtered.kept), decodings, extractability, notes, h1_results, h2_results
+            for run in runs
+        }
+    }
+    document = hypotheses.stats_document(
+        table, extractability, decodings, {group: t.use_target for group, t in thresholds.items()},
+        include_censored, settings, n_boot=n_boot, seed=seed,
     )
+    document["censored"] = _censored_rows(extractability)
+    document["behaviour_counts"] = _behaviour_counts(table)
+    return Analysis(
+        runs, thresholds, filtered, table, summarise_scores(filtered.kept), decodings, extractability, notes,
+        include_censored, json.loads(json.dumps(document)),
+    )
+
+
+def _censored_rows(extractability: pd.DataFrame | None) -> list[dict]:
+    if extractability is None:
+        return []
+    rows = extractability[extractability["censored"]]
+    return [
+        {"run": r.group, "task_id": int(r.task_id), "task_name": r.task_name, "probe_mode": r.probe_mode,
+         "relative_extractability": float(r.relative_extractability), "reason": r.censored_reason}
+        for r in rows.itertuples()
+    ]
+
+
+def _behaviour_counts(table: pd.DataFrame) -> list[dict]:
+    counted = behaviours.counts(table, ["group", "decoding", "task_id", "task_name", "s_only_rate"])
+    return [
+        {key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()}
+        for row in counted.rename(columns={"group": "run"}).to_dict("records")
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -151,151 +212,155 @@ def _number(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _mean_sem(mean: float, error: float) -> str:
-    if not math.isfinite(error):
+def _mean_sem(mean: float | None, error: float | None) -> str:
+    if error is None or not math.isfinite(error):
         return _number(mean)
     return f"{mean:.2f} ± {error:.2f}"
 
 
-def _p_value(p_value: float, n: int) -> str:
-    if not math.isfinite(p_value):
+def _p(value: float | None) -> str:
+    if value is None:
         return "–"
-    kind = "exact" if n <= EXACT_PERMUTATION_MAX_N else "t approx."
-    shown = f"{p_value:.3f}" if p_value >= 0.001 else "< 0.001"
-    return f"{shown} ({kind})"
+    return f"{value:.3g}" if value >= 0.001 else f"{value:.1e}"
 
 
-def _interval(low: float, high: float) -> str:
-    if not (math.isfinite(low) and math.isfinite(high)):
+def _p_with_method(test: dict) -> str:
+    if test["p_one_sided"] is None:
         return "–"
-    return f"[{low:.2f}, {high:.2f}]"
+    kind = "exact" if test["p_method"].startswith("exact") else "permutation"
+    return f"{_p(test['p_one_sided'])} ({kind})"
 
 
-def _rate(value: float | None) -> str:
-    return "never" if value is None else f"{value:g}"
+def _interval(test: dict) -> str:
+    if test.get("ci_low") is None or test.get("ci_high") is None:
+        return "–"
+    return f"[{test['ci_low']:.2f}, {test['ci_high']:.2f}]"
 
 
-def _smallest_exact_p(n: int) -> float:
-    return 2.0 / math.factorial(n)
+def _rate(value: float | None, never: bool = False) -> str:
+    if never:
+        return "never"
+    return "–" if value is None else f"{value:g}"
 
 
 def _task_label(analysis: Analysis, group: str, task_name: str) -> str:
     return figures.task_label(group, task_name, analysis.several_groups)
 
 
+def _point_label(label: str, analysis: Analysis) -> str:
+    """Point labels are 'group: task'; a single run's report shows the task name only."""
+    return label if analysis.several_groups else label.split(": ", 1)[-1]
+
+
+def _tests(stats: dict, test: str, scope: str | None = None, decoding: str | None = None) -> list[dict]:
+    return [
+        entry for entry in stats["tests"]
+        if entry["test"] == test and (scope is None or entry["scope"] == scope) and (decoding is None or entry["decoding"] == decoding)
+    ]
+
+
 # ---------------------------------------------------------------------------
-# Plain-words summary
+# Plain-words summary (from stats.json)
 
 
-def _strength(rho: float) -> str:
-    size = abs(rho)
-    return "strong" if size >= 0.7 else "moderate" if size >= 0.4 else "weak"
+def _power_text(test: dict) -> str:
+    if test["can_reach_alpha"] or test["min_p"] is None:
+        return ""
+    return f"; with n = {test['n']} the smallest possible one-sided p is {_p(test['min_p'])}, so this test cannot reach p < {ALPHA:g}"
 
 
-def _h1_sentence(result: H1Result) -> str:
-    correlation = result.correlation
-    where = H1_SETTINGS[result.setting]
-    if not correlation.defined:
-        reason = f"only {correlation.n} task(s)" if correlation.n < MIN_TASKS_FOR_RHO else "one of the variables is constant"
-        return f"{where}, ρ is undefined ({reason}), so these data cannot speak to H1."
-    direction = "more" if correlation.rho > 0 else "less"
+def _test_sentence(test: dict, analysis: Analysis) -> str:
+    if test["rho"] is None:
+        return f"{test['feature_use_text']}: ρ is undefined (n = {test['n']}; fewer than 3 points or a constant variable), untestable"
+    direction = "ρ > 0" if test["alternative"] == "greater" else "ρ < 0"
     text = (
-        f"{where}, tasks whose target is relatively more extractable use the target {direction} "
-        f"({_strength(correlation.rho)} correlation: Spearman ρ = {correlation.rho:.2f}, p = {_p_value(correlation.p_value, correlation.n)}, "
-        f"n = {correlation.n} tasks from {correlation.n_runs} runs, 95 % bootstrap interval {_interval(correlation.ci_low, correlation.ci_high)})"
+        f"{test['feature_use_text']}: Spearman ρ = {test['rho']:.2f} (hypothesis {direction}), one-sided p = {_p_with_method(test)}, "
+        f"n = {test['n']} (task, model) points from {test['n_runs']} learned runs, "
+        f"{int(test.get('ci_level', 0.95) * 100)} % bootstrap CI {_interval(test)}{_power_text(test)} → **{test['verdict_text']}**"
     )
     return text
 
 
-def _h1_verdict(results: dict[str, H1Result]) -> str:
-    primary = results["rate0"].correlation
-    if not primary.defined:
-        return "H1 cannot be judged from these data."
-    if primary.rho > 0 and primary.p_value < 0.05:
-        verdict = "The data support H1"
-    elif primary.rho > 0:
-        verdict = "The data point in the direction of H1 but are not significant at 5 %"
-    elif primary.p_value < 0.05:
-        verdict = "The data go against H1"
-    else:
-        verdict = "The data do not support H1"
-    trust = []
-    if primary.n <= EXACT_PERMUTATION_MAX_N:
-        trust.append(f"with n = {primary.n} tasks the smallest possible exact p-value is {_smallest_exact_p(primary.n):.3g}")
-    if math.isfinite(primary.ci_low):
-        covers = primary.ci_low <= 0 <= primary.ci_high
-        trust.append(
-            f"the bootstrap interval {'includes' if covers else 'excludes'} 0"
-            + (", so no relation is also consistent with the data" if covers else "")
-        )
-        if primary.n <= 5:
-            trust.append("with so few tasks the bootstrap interval itself understates the uncertainty")
-    return verdict + (" (" + "; ".join(trust) + ")." if trust else ".")
-
-
-def _h2_sentence(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "H2 (evidence): no task has usable runs."
-    defined = table[table["rho"].notna()]
-    rising = int((defined["rho"] > 0).sum())
-    significant = int(((defined["rho"] > 0) & (defined["p_value"] < 0.05)).sum())
-    reached = table[table["evidence_required"].notna()]
-    never = table[table["evidence_required"].isna()]
-    thresholds = sorted(set(table["threshold"]))
-    threshold_text = "/".join(f"{t:g}" for t in thresholds)
-    text = (
-        f"H2 (more evidence against the spurious feature → more use of the target): use_target rises with the s-only rate in "
-        f"{rising} of {len(table)} tasks (significantly, p < 0.05, in {significant}"
-        + (f"; ρ is undefined in {len(table) - len(defined)}, where use_target does not vary" if len(defined) < len(table) else "")
-        + ")."
-    )
-    if not reached.empty:
-        listed = ", ".join(f"{row.task_name} at p = {row.evidence_required:g}" for row in reached.itertuples())
-        text += f" use_target reaches {threshold_text} in {len(reached)} task(s) ({listed})"
-    else:
-        text += f" use_target never reaches {threshold_text}"
-    if not never.empty and not reached.empty:
-        text += f" and never within the grid in {', '.join(never['task_name'])}"
-    text += "."
-    if rising > len(table) / 2 and significant > 0:
-        text += " The data support H2."
-    elif rising > len(table) / 2:
-        text += " The direction agrees with H2, but no task shows a significant trend."
-    else:
-        text += " The data do not support H2."
-    return text
-
-
-def summary_paragraphs(analysis: Analysis) -> list[str]:
-    paragraphs = []
-    headline = analysis.headline_h1()
-    decoding = analysis.headline_decoding
-    if headline is None and analysis.extractability is None:
-        paragraphs.append(
+def _h1_summary(analysis: Analysis) -> str:
+    stats, decoding, scope = analysis.stats, analysis.headline_decoding, analysis.headline_scope
+    tests = {entry["feature_use"]: entry for entry in _tests(stats, "H1", scope, decoding)}
+    if analysis.extractability is None:
+        return (
             "H1 (extractability) is not tested: no run has an extractability.csv (probing was off), so there is "
             "nothing to correlate feature use with."
         )
-    elif headline is None:
-        paragraphs.append(
-            "H1 (extractability) is not tested: no task has both an extractability measurement and kept RL runs "
-            f"with {decoding} decoding."
+    scope_text = "all runs pooled" if scope == POOLED else f"run {scope}"
+    primary = tests["rate0"]
+    text = (
+        f"H1 (more extractable target → more use of the target; pre-registered one-sided), {scope_text}, {decoding} decoding. "
+        f"Primary test, {_test_sentence(primary, analysis)}. "
+        + " ".join(f"Also {_test_sentence(tests[view], analysis)}." for view in ("average", "evidence_required"))
+    )
+    censored = primary["censored"]
+    if censored and not analysis.include_censored:
+        listed = "; ".join(f"{_point_label(c['label'], analysis)} ({c['reason']})" for c in censored)
+        text += f" Left out of H1 because their extractability is censored: {listed}."
+    elif censored:
+        text += f" {len(censored)} censored point(s) are included (eval.h1_include_censored = true): their ratios are floors, not values."
+    if primary["left_out"]:
+        text += f" Left out for want of learned runs at the lowest rate: {', '.join(_point_label(l, analysis) for l in primary['left_out'])}."
+    return text
+
+
+def _h2_summary(analysis: Analysis) -> str:
+    decoding, scope = analysis.headline_decoding, analysis.headline_scope
+    test = _tests(analysis.stats, "H2", scope, decoding)[0]
+    rows = analysis.behaviour[(analysis.behaviour["decoding"] == decoding)]
+    if scope != POOLED:
+        rows = rows[rows["group"] == scope]
+    excluded = rows["behaviour"].value_counts()
+    counted = ", ".join(f"{int(excluded.get(name, 0))} {name.replace('_', ' ')}" for name in ("constant", "not_learned", "failed"))
+    text = (
+        "H2 (more s-only evidence → more use of the target), counting target use only: the fraction of target users (all four "
+        "partitions high) among the runs that learned the task (behaviour target, spurious or mixed); "
+        f"{counted} run(s) are excluded, so a constant policy's use_target = 0.5 is never read as target use, and neither is a "
+        "spurious policy's rising s-only score. "
+    )
+    if test["rho"] is None:
+        text += (
+            f"No task has a defined within-task ρ (n = {test['n']}: the share of target users does not vary with the rate in "
+            "any task), so H2 is **untestable** with these runs."
         )
     else:
-        scope = next(iter(headline.values())).scope
-        scope_text = "all runs pooled" if scope == POOLED else f"run {scope}"
-        sentences = [_h1_sentence(result) for result in headline.values()]
-        paragraphs.append(
-            f"H1 (more extractable target → more use of the target), {scope_text}, {decoding} decoding: "
-            + "; ".join(sentences)
-            + ". "
-            + _h1_verdict(headline)
+        text += (
+            f"Mean within-task Spearman ρ(s-only rate, target user) = {test['rho']:.2f} over {test['n']} task(s), one-sided p = "
+            f"{_p(test['p_one_sided'])} ({'exact' if test['p_method'].startswith('exact') else 'permutation'}, rates permuted within seeds), "
+            f"{int(test['ci_level'] * 100)} % bootstrap CI {_interval(test)}"
+            f"{_power_text(test)} → **{test['verdict_text']}**."
         )
-    paragraphs.append(_h2_sentence(analysis.h2[decoding]))
-    seeds = analysis.summary[analysis.summary["decoding"] == decoding]["n_seeds"]
+    reached = [t for t in test["tasks"] if t["evidence_required"] is not None]
+    if reached:
+        text += " Evidence required (mean use_target ≥ threshold): " + ", ".join(
+            f"{_point_label(t['label'], analysis)} at p = {t['evidence_required']:g}" for t in reached
+        ) + "."
+    never = [t for t in test["tasks"] if t["evidence_never"]]
+    if never:
+        text += f" Never within the grid: {', '.join(_point_label(t['label'], analysis) for t in never)}."
+    return text
+
+
+def _behaviour_summary(analysis: Analysis) -> str:
+    decoding = analysis.headline_decoding
+    rows = analysis.behaviour[analysis.behaviour["decoding"] == decoding]
+    counts = rows["behaviour"].value_counts()
+    listed = ", ".join(f"{int(counts.get(name, 0))} {name.replace('_', ' ')}" for name in (*behaviours.BEHAVIOURS, behaviours.FAILED))
+    taus = ", ".join(sorted({f"{t.behaviour:g}" for t in analysis.thresholds.values()}))
+    return f"Behaviour of the {len(rows)} trained runs ({decoding} decoding, τ = {taus}): {listed} (per task and rate below)."
+
+
+def summary_paragraphs(analysis: Analysis) -> list[str]:
+    paragraphs = [_behaviour_summary(analysis), _h1_summary(analysis), _h2_summary(analysis)]
+    seeds = analysis.summary[analysis.summary["decoding"] == analysis.headline_decoding]["n_seeds"]
+    seeds_text = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
     trust = (
-        f"How much to trust this: each task × rate cell averages {seeds.min()}–{seeds.max()} seed(s); "
-        f"{len(analysis.filtered.failed)} run(s) failed numerically and {len(analysis.filtered.dropped)} were dropped by the neither-score filter "
-        "(listed below). Correlations across a handful of tasks are fragile: read ρ together with n and its interval."
+        f"How much to trust this: each task × rate cell averages {seeds_text} kept seed(s); "
+        f"{len(analysis.filtered.failed)} run(s) failed numerically and {len(analysis.filtered.dropped)} were dropped by the failed-run filter "
+        "(listed below). All statistics are in stats.json; read ρ together with n, the smallest attainable p and the interval."
     )
     if any(run.is_partial for run in analysis.runs):
         trust += " The run is **PARTIAL**: these numbers may change when it completes."
@@ -341,7 +406,7 @@ def _curves_throughput(run: Run) -> str:
 def _runs_section(analysis: Analysis) -> list[Block]:
     overview, times, environment = [], [], []
     for run in analysis.runs:
-        manifest, model, results = run.manifest, run.config.get("model", {}), run.results
+        manifest, results = run.manifest, run.results
         git = str(manifest.get("git_sha") or "–")[:12] + (" (dirty)" if manifest.get("git_dirty") else "")
         thresholds = analysis.thresholds[run.group]
         overview.append(
@@ -349,11 +414,12 @@ def _runs_section(analysis: Analysis) -> list[Block]:
                 run.group,
                 run.experiment,
                 f"**{run.status}**" if run.is_partial else run.status,
-                f"{model.get('source', '?')} {model.get('architecture', '')} {model.get('n_layer', '?')} layers × {model.get('d_model', '?')}",
+                run.model,
                 ", ".join(str(t) for t in sorted(results["task_id"].unique())),
                 ", ".join(f"{r:g}" for r in sorted(results["s_only_rate"].unique())),
                 str(results["seed"].nunique()),
-                f"{thresholds.failed_neither:g} / {thresholds.use_target:g}",
+                f"{failed_filter_rule(run.experiment)} < {thresholds.failed_neither:g}; τ = {thresholds.behaviour:g}; "
+                f"use_target ≥ {thresholds.use_target:g}; probe accuracy ≥ {thresholds.min_accuracy:g}",
                 git,
             ]
         )
@@ -377,7 +443,7 @@ def _runs_section(analysis: Analysis) -> list[Block]:
     return [
         Heading(2, "Runs"),
         Table(
-            ["run", "experiment", "status", "model", "tasks", "s-only rates", "seeds", "thresholds: neither / use_target", "git"],
+            ["run", "experiment", "status", "model", "tasks", "s-only rates", "seeds", "thresholds: failed-run filter; behaviour τ; evidence; probes", "git"],
             overview,
         ),
         Heading(3, "Run times and throughput"),
@@ -399,13 +465,14 @@ def _excluded_section(analysis: Analysis) -> list[Block]:
             for r in failed.itertuples()
         ]
         blocks.append(Table(["task", "s-only rate", "seed", "failed at iteration"], rows))
+    rules = "; ".join(sorted({f"{failed_filter_rule(run.experiment)} < {analysis.thresholds[run.group].failed_neither:g}" for run in analysis.runs}))
     if dropped.empty:
-        thresholds = ", ".join(sorted({f"{t.failed_neither:g}" for t in analysis.thresholds.values()}))
-        blocks.append(Paragraph(f"No run was dropped by the neither-score filter (threshold {thresholds})."))
+        blocks.append(Paragraph(f"No run was dropped by the failed-run filter ({rules})."))
     else:
         blocks.append(
             Paragraph(
-                f"{len(dropped)} run(s) never learned the task (their neither score is below the threshold) and are dropped:"
+                f"{len(dropped)} run(s) never learned the task and are dropped by the failed-run filter ({rules}; the toy "
+                "judges min(both, neither) because PPO's constant policies solve one of the two; NL judges neither, as Cruz et al.):"
             )
         )
         rows = [
@@ -413,12 +480,38 @@ def _excluded_section(analysis: Analysis) -> list[Block]:
                 _task_label(analysis, r.group, r.task_name),
                 f"{r.s_only_rate:g}",
                 str(r.seed),
-                f"{r.neither:.3f} ({r.judged_on})",
+                f"{r.judged_by} = {r.judged_score:.3f} ({r.judged_on})",
                 f"{analysis.thresholds[r.group].failed_neither:g}",
             ]
             for r in dropped.itertuples()
         ]
-        blocks.append(Table(["task", "s-only rate", "seed", "neither score (decoding)", "threshold"], rows))
+        blocks.append(Table(["task", "s-only rate", "seed", "judged score (decoding)", "threshold"], rows))
+    return blocks
+
+
+def _behaviour_section(analysis: Analysis) -> list[Block]:
+    taus = ", ".join(sorted({f"{t.behaviour:g}" for t in analysis.thresholds.values()}))
+    blocks: list[Block] = [
+        Heading(2, "Behaviour of the trained runs"),
+        Paragraph(
+            f"Each run is classified from its four test scores (eval.behaviour_threshold τ = {taus}; high: ≥ τ, low: ≤ 1 − τ), "
+            "in this order, the first match winning: **constant** (both and t-only low, neither and s-only high, or the reverse: "
+            "one answer whatever the prompt, PPO's 75 %-reward trap); **not learned** (both or neither below τ); **target** "
+            "(all four high); **spurious** (both and neither high, s-only and t-only low); **mixed** (anything else). A constant "
+            "policy is also 'not learned'; it is named first so that traps are visible. Only target, spurious and mixed runs "
+            "enter the statistics of H1 and H2. behaviour.csv lists every run with use_target = (s-only + t-only) / 2 and "
+            "use_spurious = ((1 − s-only) + (1 − t-only)) / 2 = 1 − use_target (both are 0.5 for a constant policy)."
+        ),
+    ]
+    columns = [*behaviours.BEHAVIOURS, behaviours.FAILED]
+    for decoding in analysis.decodings:
+        rows = [
+            [_task_label(analysis, r["run"], r["task_name"]), f"{r['s_only_rate']:g}", *(str(r[name]) for name in columns)]
+            for r in analysis.stats["behaviour_counts"]
+            if r["decoding"] == decoding
+        ]
+        blocks.append(Heading(3, f"Runs per behaviour, {decoding} decoding"))
+        blocks.append(Table(["task", "s-only rate", *(name.replace("_", " ") for name in columns)], rows))
     return blocks
 
 
@@ -470,75 +563,94 @@ def _baseline_section(analysis: Analysis) -> list[Block]:
     ]
 
 
+def _h1_table(analysis: Analysis) -> Table:
+    rows = []
+    for test in _tests(analysis.stats, "H1"):
+        fit = test["fit"]
+        rows.append(
+            [
+                test["scope"],
+                test["decoding"],
+                test["feature_use_text"],
+                "ρ > 0" if test["alternative"] == "greater" else "ρ < 0",
+                str(test["n"]),
+                str(test["n_runs"]),
+                _number(test["rho"]),
+                _p_with_method(test),
+                _p(test["min_p"]),
+                _interval(test) + (f" ({test['n_boot_valid']} valid)" if test["n_boot_valid"] else ""),
+                test["verdict_text"],
+                f"slope {fit['slope']:.2f}, midpoint {fit['midpoint']:.3g}" if fit else "–",
+            ]
+        )
+    return Table(
+        ["scope", "decoding", "feature use", "hypothesis", "n points", "learned runs", "ρ", "one-sided p", "smallest possible p", "95 % CI", "verdict", "logistic fit"],
+        rows,
+    )
+
+
 def _h1_section(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "H1: relative extractability vs use of the target")]
     if analysis.extractability is None:
-        return blocks + [
-            Paragraph("Skipped: no run directory has an extractability.csv (the runs were made with probing off).")
-        ]
-    if not any(analysis.h1.values()):
-        return blocks + [Paragraph("Skipped: no task has both an extractability measurement and kept RL runs.")]
+        return blocks + [Paragraph("Skipped: no run directory has an extractability.csv (the runs were made with probing off).")]
     used = "; ".join(f"{group}: {note}" for group, note in analysis.extractability_notes.items())
     blocks.append(
         Paragraph(
-            "Spearman ρ across tasks between MDL(s)/MDL(t) and use_target (mean over seeds), at the lowest s-only rate "
-            "(p = 0, Cruz et al.) and averaged over rates (Lovering et al.). p-values are exact permutation p-values for "
-            f"n ≤ {EXACT_PERMUTATION_MAX_N}. The 95 % interval is a percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, "
-            f"seed {BOOTSTRAP_SEED}) over tasks and, within tasks, over seeds. Extractability rows used: {used}."
+            "Pre-registered one-sided Spearman tests across (task, model) points of MDL(s)/MDL(t) against feature use: "
+            "use_target at the lowest s-only rate (Cruz et al.; the primary test) and averaged over rates (Lovering et al.), "
+            "both expecting ρ > 0; and Lovering's second view, the evidence required against MDL(s)/MDL(t), expecting ρ < 0 "
+            "(\"never\" ranks after every rate). Feature use counts only runs that learned the task (target, spurious or mixed). "
+            f"p is exact (every ordering) for n ≤ {EXACT_MAX_N}, else from {PERMUTATIONS} random orderings; the smallest possible p "
+            "shows whether a test can be significant at all. The interval is a percentile bootstrap "
+            f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) over points and, within points, seeds. Run directories "
+            "of the same task on the same model (model section: source, architecture, n_layer, n_head, d_model) are replicates: "
+            f"pooled into one point. Extractability rows used: {used}."
         )
     )
-    rows = []
-    for decoding, scopes in analysis.h1.items():
-        for scope, settings in scopes.items():
-            for setting, result in settings.items():
-                c, fit = result.correlation, result.fit
-                rows.append(
-                    [
-                        scope,
-                        decoding,
-                        H1_SETTINGS[setting],
-                        str(c.n),
-                        str(c.n_runs),
-                        _number(c.rho),
-                        _p_value(c.p_value, c.n),
-                        _interval(c.ci_low, c.ci_high) + (f" ({c.n_boot_valid} valid)" if c.n_boot_valid else ""),
-                        f"slope {fit.slope:.2f}, midpoint {fit.midpoint:.3g}" if fit else "not fitted",
-                    ]
-                )
-    blocks.append(Table(["scope", "decoding", "feature use", "n tasks", "runs", "ρ", "p", "95 % CI", "logistic fit"], rows))
-    for run in analysis.runs:
-        lowest = float(run.results["s_only_rate"].min())
-        if lowest > 0:
-            blocks.append(Paragraph(f"Run {run.group} has no p = 0 runs: \"at p = 0\" uses its lowest rate, p = {lowest:g}."))
-    left_out = sorted({name for scopes in analysis.h1.values() for s in scopes.values() for r in s.values() for name in r.left_out})
-    if left_out:
-        blocks.append(
-            Paragraph(f"Left out at p = 0 because none of their runs at that rate was kept: {', '.join(left_out)}.")
-        )
-    if any(not r.correlation.defined for scopes in analysis.h1.values() for s in scopes.values() for r in s.values()):
-        blocks.append(
-            Paragraph(f"ρ is undefined (–) where fewer than {MIN_TASKS_FOR_RHO} tasks have results or a variable is constant; such rows carry no information.")
-        )
-    points = analysis.headline_h1()
-    if points is not None:
+    blocks.append(_h1_table(analysis))
+    blocks += _censored_blocks(analysis)
+    headline = {t["feature_use"]: t for t in _tests(analysis.stats, "H1", analysis.headline_scope, analysis.headline_decoding)}
+    if any(test["points"] for test in headline.values()):
         table = []
-        for setting, result in points.items():
-            for r in result.points.itertuples():
+        for view, test in headline.items():
+            for point in test["points"]:
+                y = "never" if point["y_never"] else _mean_sem(point["y"], point["y_sem"])
                 table.append(
-                    [
-                        _task_label(analysis, r.group, r.task_name),
-                        H1_SETTINGS[setting],
-                        _mean_sem(r.relative_extractability, r.relative_extractability_sem),
-                        _mean_sem(r.use_target, r.use_target_sem),
-                        str(r.runs),
-                    ]
+                    [_point_label(point["label"], analysis), H1_VIEWS[view][0], _mean_sem(point["x"], point["x_sem"]), y,
+                     str(point["learned_runs"]), str(point["excluded_runs"])]
                 )
-        blocks += [Heading(3, "Points behind the headline correlation"), Table(["task", "feature use", "MDL(s)/MDL(t)", "use_target", "runs"], table)]
+        blocks += [
+            Heading(3, "Points behind the headline tests"),
+            Table(["point", "feature use", "MDL(s)/MDL(t)", "value", "learned runs", "excluded runs"], table),
+        ]
     for key, alt in (("b", "(b) use_target vs relative extractability"), ("c", "(c) relative extractability per task")):
         if key in figure_paths:
             blocks.append(Image(figure_paths[key], alt))
     blocks += _extractability_table(analysis)
     return blocks
+
+
+def _censored_blocks(analysis: Analysis) -> list[Block]:
+    censored = analysis.stats["censored"]
+    minimum = ", ".join(sorted({f"{t.min_accuracy:g}" for t in analysis.thresholds.values()}))
+    if not censored:
+        return [Paragraph(f"No extractability row used for H1 is censored (both probes reach probe.min_accuracy = {minimum}).")]
+    handling = (
+        "included in H1 anyway (eval.h1_include_censored = true)" if analysis.include_censored
+        else "excluded from H1 (set eval.h1_include_censored = true to include them)"
+    )
+    rows = [
+        [_task_label(analysis, c["run"], c["task_name"]), c["probe_mode"], _number(c["relative_extractability"], 3), c["reason"]]
+        for c in censored
+    ]
+    return [
+        Heading(3, "Censored extractability"),
+        Paragraph(
+            f"A probe whose held-out accuracy is below probe.min_accuracy ({minimum}) did not learn its feature: its MDL is near "
+            f"the uniform codelength, a floor rather than a value, so the ratio is censored (SPEC §8). These rows are {handling}:"
+        ),
+        Table(["task", "probe mode", "MDL(s)/MDL(t)", "reason"], rows),
+    ]
 
 
 def _extractability_table(analysis: Analysis) -> list[Block]:
@@ -555,12 +667,14 @@ def _extractability_table(analysis: Analysis) -> list[Block]:
                     _mean_sem(r.get("mdl_s_bits", math.nan), r.get("mdl_s_sem", math.nan)),
                     _mean_sem(r.get("mdl_t_bits", math.nan), r.get("mdl_t_sem", math.nan)),
                     _mean_sem(r["relative_extractability"], r.get("relative_extractability_sem", math.nan)),
+                    f"{_number(r.get('accuracy_s', math.nan))} / {_number(r.get('accuracy_t', math.nan))}",
                     str(r.get("n_seeds", "–")),
+                    f"**yes**: {r['censored_reason']}" if r["censored"] else "no",
                 ]
             )
     return [
         Heading(3, "All extractability measurements"),
-        Table(["task", "probe mode", "layer", "MDL(s) bits", "MDL(t) bits", "MDL(s)/MDL(t)", "probe seeds"], rows),
+        Table(["task", "probe mode", "layer", "MDL(s) bits", "MDL(t) bits", "MDL(s)/MDL(t)", "accuracy s / t", "probe seeds", "censored"], rows),
     ]
 
 
@@ -568,28 +682,51 @@ def _h2_section(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block]
     blocks: list[Block] = [
         Heading(2, "H2: evidence (s-only rate) vs use of the target"),
         Paragraph(
-            "Per task: Spearman ρ between the s-only rate and use_target over the kept runs (one point per run), and the "
-            "evidence required: the smallest s-only rate at which the mean use_target reaches the threshold "
-            "(\"never\": not within the grid)."
+            "H2 counts target use only. Per task: Spearman ρ between the s-only rate and the target-user indicator (1 when all "
+            "four partitions are high, 0 otherwise) over the runs that learned the task (target, spurious or mixed behaviour; "
+            "constant and not-learned runs never count, so a constant policy's 0.5 is not evidence). use_target itself is not "
+            "used here: at p > 0 the s-only partition is seen in training, so a spurious policy's use_target rises as it learns "
+            "to reject s-only prompts while t-only stays at 0. The one-sided p-value (ρ > 0) comes from permuting the rates "
+            "within seeds (the runs of one seed start from the same policy). "
+            "The verdict per scope tests the mean within-task ρ the same way, permuting within every task's seeds at once; its "
+            "interval resamples tasks and seeds. Evidence required: the smallest s-only rate at which the mean use_target of the "
+            "learned runs reaches the threshold (\"never\": not within the grid)."
         ),
     ]
-    for decoding, table in analysis.h2.items():
+    for test in _tests(analysis.stats, "H2"):
+        heading = f"{test['scope']}, {test['decoding']} decoding" if analysis.several_groups else f"{test['decoding']} decoding"
+        blocks.append(Heading(3, heading))
+        if test["rho"] is None:
+            blocks.append(Paragraph(f"Mean within-task ρ: undefined (no task with a defined ρ) → **{test['verdict_text']}**."))
+        else:
+            blocks.append(
+                Paragraph(
+                    f"Mean within-task ρ = {test['rho']:.2f} over {test['n']} task(s), one-sided p = {_p_with_method(test)}, smallest "
+                    f"possible p = {_p(test['min_p'])}, 95 % CI {_interval(test)} → **{test['verdict_text']}**."
+                )
+            )
         rows = [
             [
-                _task_label(analysis, r.group, r.task_name),
-                _number(r.rho),
-                _p_value(r.p_value, r.n_runs),
-                str(r.n_runs),
-                _number(r.use_target_at_lowest),
-                _number(r.use_target_at_highest),
-                f"{r.threshold:g}",
-                _rate(None if pd.isna(r.evidence_required) else r.evidence_required),
+                _point_label(t["label"], analysis),
+                _number(t["rho"]),
+                _p_with_method(t),
+                _p(t["min_p"]),
+                str(t["learned_runs"]),
+                str(t["excluded_runs"]),
+                f"{_number(t['target_users_at_lowest'])} → {_number(t['target_users_at_highest'])}",
+                f"{_number(t['use_at_lowest'])} → {_number(t['use_at_highest'])}",
+                f"{t['threshold']:g}",
+                _rate(t["evidence_required"], t["evidence_never"]),
+                t["verdict_text"],
             ]
-            for r in table.itertuples()
+            for t in test["tasks"]
         ]
-        blocks.append(Heading(3, f"{decoding} decoding"))
         blocks.append(
-            Table(["task", "ρ", "p", "runs", "use_target at lowest p", "at highest p", "threshold", "evidence required"], rows)
+            Table(
+                ["task", "ρ", "one-sided p", "smallest possible p", "learned runs", "excluded runs",
+                 "target users, lowest → highest p", "use_target, lowest → highest p", "threshold", "evidence required", "verdict"],
+                rows,
+            )
         )
     for decoding in analysis.decodings:
         if f"a_{decoding}" in figure_paths:
@@ -627,6 +764,7 @@ def build_blocks(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block
     blocks += [Paragraph(note) for note in notes]
     blocks += _runs_section(analysis)
     blocks += _excluded_section(analysis)
+    blocks += _behaviour_section(analysis)
     blocks += _scores_section(analysis)
     blocks += _baseline_section(analysis)
     blocks += _h1_section(analysis, figure_paths)
@@ -664,8 +802,11 @@ def write_figures(analysis: Analysis, directory: Path) -> dict[str, str]:
     for decoding in analysis.decodings:
         stem = "a_scores_vs_rate" if decoding == analysis.headline_decoding else f"a_scores_vs_rate_{decoding}"
         keep(f"a_{decoding}", figures.figure_scores_vs_rate(analysis.summary, extractability, decoding, analysis.experiment), stem)
-    headline = analysis.headline_h1()
-    if headline is not None and all(len(result.points) > 0 for result in headline.values()):
+    headline = [
+        t for t in _tests(analysis.stats, "H1", analysis.headline_scope, analysis.headline_decoding) if t["feature_use"] != "evidence_required"
+    ]
+    drawable = [t for t in headline if t["points"] or any(c["y"] is not None for c in t["censored"])]
+    if headline and len(drawable) == len(headline):
         keep("b", figures.figure_use_vs_extractability(headline, analysis.headline_decoding, analysis.experiment), "b_use_vs_extractability")
     if analysis.extractability is not None and not analysis.extractability.empty:
         notes = sorted(set(analysis.extractability_notes.values()) - {"no extractability.csv"})
@@ -682,19 +823,29 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
+def write_behaviour(analysis: Analysis, path: Path) -> None:
+    """behaviour.csv: one row per run × decoding (BEHAVIOUR_COLUMNS)."""
+    table = analysis.behaviour.sort_values(["run", "task_id", "s_only_rate", "seed", "decoding"])
+    _write_atomically(path, table[BEHAVIOUR_COLUMNS].to_csv(index=False))
+
+
 def write_report(
     run_dirs: list[Path],
     out_dir: Path | None = None,
     *,
     failed_neither_threshold: float | None = None,
     use_target_threshold: float | None = None,
+    include_censored: bool | None = None,
 ) -> Path:
-    """Write report.md, report.html and figures/*.png|svg for one or more run directories.
+    """Write report.md, report.html, stats.json, behaviour.csv and figures/*.png|svg for one
+    or more run directories.
 
-    Each run directory is one group (e.g. one model); with several, H1 is reported per
-    group and pooled. Thresholds default to each run's `eval.failed_neither_threshold`
-    and `eval.use_target_threshold` (else 0.0 and 0.9). Raises `ReportError` on bad input.
-    Returns the path of report.md (in `out_dir`, default: the first run directory).
+    Each run directory is one group (e.g. one model); with several, H1 and H2 are reported
+    per group and pooled (replicates of a (task, model) pooled first). Thresholds default
+    to each run's config (eval.failed_neither_threshold, eval.use_target_threshold,
+    eval.behaviour_threshold, probe.min_accuracy, eval.h1_include_censored). The report's
+    statistics are rendered from the stats.json just written. Raises `ReportError` on bad
+    input. Returns the path of report.md (in `out_dir`, default: the first run directory).
     """
     if not run_dirs:
         raise ReportError("no run directories given")
@@ -702,9 +853,14 @@ def write_report(
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise ReportError(f"{name} must be a finite number (got {value!r})")
     runs = [load_run(Path(path)) for path in run_dirs]
-    analysis = analyse(runs, failed_neither_threshold=failed_neither_threshold, use_target_threshold=use_target_threshold)
+    analysis = analyse(
+        runs, failed_neither_threshold=failed_neither_threshold, use_target_threshold=use_target_threshold, include_censored=include_censored
+    )
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(out_dir / "stats.json", json.dumps(analysis.stats, indent=2, allow_nan=False) + "\n")
+    write_behaviour(analysis, out_dir / "behaviour.csv")
+    analysis = dataclasses.replace(analysis, stats=json.loads((out_dir / "stats.json").read_text(encoding="utf-8")))
     figure_paths = write_figures(analysis, out_dir / "figures")
     blocks = build_blocks(analysis, figure_paths)
     title = f"rlbias report: {', '.join(run.group for run in runs)}"

@@ -20,8 +20,14 @@ from rlbias_jax.partitions import PARTITIONS  # re-exported for the report
 
 DECODINGS = ("sample", "greedy")
 RUN_KEYS = ("task_id", "task_name", "s_only_rate", "seed")
+# Defaults of config.py, for run directories whose config predates a field.
 DEFAULT_FAILED_NEITHER_THRESHOLD = 0.0
 DEFAULT_USE_TARGET_THRESHOLD = 0.9
+DEFAULT_BEHAVIOUR_THRESHOLD = 0.8
+DEFAULT_MIN_ACCURACY = 0.9
+DEFAULT_H1_INCLUDE_CENSORED = False
+# The model section's keys that identify a model: runs of the same task on the same model are replicates.
+MODEL_IDENTITY = ("source", "architecture", "n_layer", "n_head", "d_model")
 
 
 class ReportError(ValueError):
@@ -87,10 +93,27 @@ class Run:
         return config if isinstance(config, dict) else {}
 
     def config_value(self, section: str, key: str, default: Any) -> Any:
-        table = self.config.get(section)
-        if isinstance(table, dict) and table.get(key) is not None:
-            return table[key]
-        return default
+        return config_value(self.config, section, key, default)
+
+    @property
+    def model(self) -> str:
+        """The model's identity (MODEL_IDENTITY of the model section), e.g. 'random gpt2 4×256, 4 heads'."""
+        model = self.config.get("model")
+        model = model if isinstance(model, dict) else {}
+        source, architecture, n_layer, n_head, d_model = (model.get(key, "?") for key in MODEL_IDENTITY)
+        return f"{source} {architecture} {n_layer}×{d_model}, {n_head} heads"
+
+    @property
+    def min_accuracy(self) -> float:
+        return float(self.config_value("probe", "min_accuracy", DEFAULT_MIN_ACCURACY))
+
+
+def config_value(config: dict[str, Any], section: str, key: str, default: Any) -> Any:
+    """config[section][key], or `default` when the run's config has no such field."""
+    table = config.get(section)
+    if isinstance(table, dict) and table.get(key) is not None:
+        return table[key]
+    return default
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +207,54 @@ def _describe(row: pd.Series) -> str:
     return f"task {row['task_id']}, rate {row['s_only_rate']:g}, seed {row['seed']}, {row.get('decoding', '')}".rstrip(", ")
 
 
+# ---------------------------------------------------------------------------
+# Censored extractability (SPEC §8)
+
+
+def censoring(accuracy_s: float, accuracy_t: float, min_accuracy: float) -> str:
+    """Why a row is censored ("" when it is not): a probe whose held-out accuracy is below
+    `min_accuracy` did not learn its feature (Lovering's control), so its MDL is a floor.
+    The probing code writes the same rule into extractability.csv (`censored`, `censored_reason`)."""
+    reasons = [
+        f"{probe}-probe accuracy {accuracy:.2f} < {min_accuracy:.2f}"
+        for probe, accuracy in (("s", accuracy_s), ("t", accuracy_t))
+        if accuracy < min_accuracy
+    ]
+    return "; ".join(reasons)
+
+
+def _boolean_column(column: pd.Series, file: Path) -> pd.Series:
+    words = column.astype(str).str.strip().str.lower()
+    bad = ~words.isin(["true", "false", "1", "0"])
+    if bad.any():
+        raise ReportError(f"{file}: corrupt (non-boolean value {column[bad].iloc[0]!r} in column 'censored')")
+    return words.isin(["true", "1"])
+
+
+def mark_censored(table: pd.DataFrame, min_accuracy: float, file: Path) -> tuple[pd.DataFrame, str]:
+    """`table` with boolean `censored` and text `censored_reason`, and a note for the report.
+
+    Tables written by the probing code carry the columns; older ones get them from
+    accuracy_s / accuracy_t and the run's probe.min_accuracy; without accuracies no row is censored.
+    """
+    table = table.copy()
+    if "censored" in table.columns:
+        table["censored"] = _boolean_column(table["censored"], file)
+        reasons = table["censored_reason"] if "censored_reason" in table.columns else pd.Series("", index=table.index)
+        table["censored_reason"] = reasons.astype(object).where(reasons.notna(), "").astype(str)
+        return table, ""
+    if {"accuracy_s", "accuracy_t"} <= set(table.columns):
+        table["censored_reason"] = [
+            censoring(float(s), float(t), min_accuracy) for s, t in zip(table["accuracy_s"], table["accuracy_t"])
+        ]
+        table["censored"] = table["censored_reason"] != ""
+        return table, f"extractability.csv has no 'censored' column: censoring computed from the probe accuracies (probe.min_accuracy = {min_accuracy:g})."
+    table["censored"] = False
+    table["censored_reason"] = ""
+    return table, "extractability.csv has no probe accuracies: censoring cannot be checked."
+
+
+
 def load_run(path: Path | str) -> Run:
     """Read and validate one run directory.
 
@@ -217,6 +288,11 @@ def load_run(path: Path | str) -> Run:
         extractability = _read_table(extractability_file, EXTRACTABILITY_COLUMNS)
         if (extractability["relative_extractability"] <= 0).any():
             raise ReportError(f"{extractability_file}: corrupt (relative_extractability must be > 0)")
+        config = manifest.get("config")
+        min_accuracy = float(config_value(config if isinstance(config, dict) else {}, "probe", "min_accuracy", DEFAULT_MIN_ACCURACY))
+        extractability, note = mark_censored(extractability, min_accuracy, extractability_file)
+        if note:
+            notes.append(note)
     else:
         notes.append("extractability.csv is missing (run made with probing off): H1 cannot be tested.")
 
@@ -286,15 +362,22 @@ def scores_by_run(results: pd.DataFrame) -> pd.DataFrame:
 class FilteredScores:
     kept: pd.DataFrame  # rows (run × decoding) that enter the statistics
     failed: pd.DataFrame  # one row per RL run with a numerical fault
-    dropped: pd.DataFrame  # one row per RL run whose neither score is below the threshold
+    dropped: pd.DataFrame  # one row per RL run whose judged score is below the threshold
 
 
-def filter_runs(scores: pd.DataFrame, failed_neither_threshold: float) -> FilteredScores:
+def failed_filter_rule(experiment: str) -> str:
+    """The score the failed-run filter judges: the toy policy must solve both training
+    partitions (PPO's constant policies score 0 on one of them); the NL filter is the paper's."""
+    return "neither" if experiment == "nl" else "min(both, neither)"
+
+
+def filter_runs(scores: pd.DataFrame, failed_neither_threshold: float, experiment: str = "toy") -> FilteredScores:
     """Exclude numerically failed runs, then drop runs that never learned the task.
 
-    A run is one (task, rate, seed); its neither score is read from the `sample`
-    decoding when present (the headline decoding), else from greedy, and the run is
-    dropped from every decoding (SPEC §6: such a run "never learned the task").
+    A run is one (task, rate, seed). It is dropped when its judged score (toy:
+    min(both, neither); NL: neither, as Cruz et al.) is below the threshold; the score
+    is read from the `sample` decoding when present (the headline decoding), else from
+    greedy, and the run is dropped from every decoding (SPEC §6).
     """
     run_keys = ["group", "task_id", "s_only_rate", "seed"]
     failed_mask = scores["status"] == "failed"
@@ -305,8 +388,11 @@ def filter_runs(scores: pd.DataFrame, failed_neither_threshold: float) -> Filter
     )
     healthy = scores[~failed_mask]
     reference = healthy.sort_values("decoding", key=lambda d: d.map({"sample": 0, "greedy": 1})).drop_duplicates(run_keys)
-    below = reference[reference["neither"] < failed_neither_threshold]
-    dropped = below[run_keys + ["task_name", "decoding", "neither"]].rename(columns={"decoding": "judged_on"})
+    judged = reference["neither"] if experiment == "nl" else reference[["both", "neither"]].min(axis=1)
+    below = reference[judged < failed_neither_threshold].copy()
+    below["judged_score"] = judged[judged < failed_neither_threshold].to_numpy()
+    below["judged_by"] = failed_filter_rule(experiment)
+    dropped = below[run_keys + ["task_name", "decoding", "judged_score", "judged_by"]].rename(columns={"decoding": "judged_on"})
     marked = healthy.merge(below[run_keys], on=run_keys, how="left", indicator=True)
     kept = marked[marked["_merge"] == "left_only"].drop(columns="_merge")
     return FilteredScores(kept.reset_index(drop=True), failed.reset_index(drop=True), dropped.reset_index(drop=True))
@@ -341,11 +427,12 @@ def select_extractability(run: Run) -> tuple[pd.DataFrame | None, str]:
         note += f", layer {deepest} (no layer -1 rows)"
     if rows["task_id"].duplicated().any():
         raise ReportError(f"{run.path / 'extractability.csv'}: corrupt (several rows for one task at {note})")
-    columns = ["task_id", "task_name", "relative_extractability"]
+    columns = ["task_id", "task_name", "relative_extractability", "censored", "censored_reason"]
     if "relative_extractability_sem" in rows.columns:
         columns.append("relative_extractability_sem")
     selected = rows[columns].copy()
     if "relative_extractability_sem" not in selected.columns:
         selected["relative_extractability_sem"] = np.nan
     selected.insert(0, "group", run.group)
+    selected["probe_mode"] = mode
     return selected.reset_index(drop=True), note

@@ -133,7 +133,8 @@ def measure_extractability(experiment: Experiment, key: jax.Array, *, progress: 
     code = OnlineCode(experiment.probe_model(), make_schedule(config), block_ends(config.probe.probe_size),
                       vectorize=config.probe.vectorize)
     tasks = ((task_id, lambda task_id=task_id: experiment.probe_task(key, task_id)) for task_id in config.task.task_ids)
-    return measure(code, experiment.probe_mode, config.probe.seeds, tasks, progress=progress)
+    return measure(code, experiment.probe_mode, config.probe.seeds, tasks, min_accuracy=config.probe.min_accuracy,
+                   progress=progress)
 
 
 def run_probe_phase(experiment: Experiment, run_dir: Path, manifest: dict, progress: Progress) -> None:

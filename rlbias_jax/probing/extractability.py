@@ -46,7 +46,7 @@ PROBE_PARTITIONS = {"s": ("s_only", "neither"), "t": ("both", "s_only")}
 EXTRACTABILITY_COLUMNS = [
     "task_id", "task_name", "probe_mode", "layer", "mdl_s_bits", "mdl_s_sem", "mdl_t_bits", "mdl_t_sem",
     "relative_extractability", "relative_extractability_sem", "compression_s", "compression_t",
-    "accuracy_s", "accuracy_t", "uniform_bits", "n_seeds",
+    "accuracy_s", "accuracy_t", "uniform_bits", "n_seeds", "censored", "censored_reason",
 ]
 MDL_COLUMNS = [
     "task_id", "task_name", "probe_mode", "layer", "probe", "probe_seed", "mdl_bits", "uniform_bits", "compression", "accuracy",
@@ -60,6 +60,7 @@ BLOCK_COLUMNS = [
 class ExtractabilityResult:
     """Rows of the three probing tables (exactly the columns of docs/run_directory.md)."""
 
+    min_accuracy: float  # config.probe.min_accuracy: rows with a probe below it are censored
     extractability_rows: list[dict] = dataclasses.field(default_factory=list)
     mdl_rows: list[dict] = dataclasses.field(default_factory=list)
     block_rows: list[dict] = dataclasses.field(default_factory=list)
@@ -68,7 +69,7 @@ class ExtractabilityResult:
     def add_task(self, task_id: int, task_name: str, mode: str, infos: list[LaneInfo], code: OnlineCode, output,
                  started: float) -> str:
         """Append one task's `task_rows` and its wall time since `started`; return its progress line."""
-        summary, mdl_rows, block_rows = task_rows(task_id, task_name, mode, infos, code, output)
+        summary, mdl_rows, block_rows = task_rows(task_id, task_name, mode, infos, code, output, self.min_accuracy)
         self.extractability_rows += summary
         self.mdl_rows += mdl_rows
         self.block_rows += block_rows
@@ -78,6 +79,7 @@ class ExtractabilityResult:
             f"  task {task_id} {task_name}: MDL(s) = {headline['mdl_s_bits']:.1f}, "
             f"MDL(t) = {headline['mdl_t_bits']:.1f} bits, ratio {headline['relative_extractability']:.3f} "
             f"± {headline['relative_extractability_sem']:.3f} ({len(infos)} probe runs, {self.wall_time_s[task_id]:.1f} s)"
+            + (f"; CENSORED: {headline['censored_reason']}" if headline["censored"] else "")
         )
 
     def write(self, run_dir: Path) -> None:
@@ -189,10 +191,11 @@ class ProbeTask:
     features_fn: Callable[[int, jax.Array], jax.Array] | None = None
 
 
-def task_rows(task_id: int, task_name: str, mode: str, infos: list[LaneInfo], code: OnlineCode, output) -> tuple[list, list, list]:
+def task_rows(task_id: int, task_name: str, mode: str, infos: list[LaneInfo], code: OnlineCode, output,
+              min_accuracy: float) -> tuple[list, list, list]:
     """One task's rows of extractability.csv (per layer; frozen mode adds layer -1, the best
     layer per probe), mdl.csv (per lane) and mdl_blocks.csv (per lane and block) from the
-    online code's `output` for lanes `infos`."""
+    online code's `output` for lanes `infos`; `min_accuracy` decides `censored`."""
     codelengths = code.codelengths(output)
     accuracies = code.final_accuracies(output)
     base = {"task_id": task_id, "task_name": task_name, "probe_mode": mode}
@@ -205,14 +208,23 @@ def task_rows(task_id: int, task_name: str, mode: str, infos: list[LaneInfo], co
         for block, bits in enumerate(codelength.block_bits):
             block_rows.append({**keys, "block": block, "block_start": int(starts[block]),
                                "block_end": int(code.ends[block]), "codelength_bits": float(bits)})
-    summary = [_summary_row(base, layer, [r for r in mdl_rows if r["layer"] == layer])
+    summary = [_summary_row(base, layer, [r for r in mdl_rows if r["layer"] == layer], min_accuracy)
                for layer in sorted({info.layer for info in infos})]
     if mode == "frozen":
-        summary.append(_best_layer_row(base, summary))
+        summary.append(_best_layer_row(base, summary, min_accuracy))
     return summary, mdl_rows, block_rows
 
 
-def _summary_row(base: dict, layer: int, rows: list[dict]) -> dict:
+def _censoring(accuracy: dict[str, float], min_accuracy: float) -> dict:
+    """Lovering's control (SPEC §8): a probe below `min_accuracy` did not learn its feature, so
+    its MDL is a floor and the ratio is censored. The report applies the same rule
+    (rlbias_jax.analysis.tables.censoring) to tables written without these columns."""
+    reasons = [f"{probe}-probe accuracy {accuracy[probe]:.2f} < {min_accuracy:.2f}"
+               for probe in PROBES if accuracy[probe] < min_accuracy]
+    return {"censored": bool(reasons), "censored_reason": "; ".join(reasons)}
+
+
+def _summary_row(base: dict, layer: int, rows: list[dict], min_accuracy: float) -> dict:
     mdl = {probe: [r["mdl_bits"] for r in rows if r["probe"] == probe] for probe in PROBES}
     accuracy = {probe: float(np.mean([r["accuracy"] for r in rows if r["probe"] == probe])) for probe in PROBES}
     uniform = rows[0]["uniform_bits"]
@@ -222,11 +234,12 @@ def _summary_row(base: dict, layer: int, rows: list[dict]) -> dict:
             "relative_extractability": ratio, "relative_extractability_sem": ratio_sem,
             "compression_s": uniform / mean_s, "compression_t": uniform / mean_t,
             "accuracy_s": accuracy["s"], "accuracy_t": accuracy["t"], "uniform_bits": uniform,
-            "n_seeds": len(mdl["s"])}
+            "n_seeds": len(mdl["s"]), **_censoring(accuracy, min_accuracy)}
 
 
-def _best_layer_row(base: dict, per_layer: list[dict]) -> dict:
-    """layer = -1: each feature at its most extractable layer (lowest mean MDL)."""
+def _best_layer_row(base: dict, per_layer: list[dict], min_accuracy: float) -> dict:
+    """layer = -1: each feature at its most extractable layer (lowest mean MDL); censored when
+    a probe's accuracy at its chosen layer is below `min_accuracy`."""
     best = {probe: min(per_layer, key=lambda row: row[f"mdl_{probe}_bits"]) for probe in PROBES}
     row = {**base, "layer": -1, "uniform_bits": per_layer[0]["uniform_bits"], "n_seeds": per_layer[0]["n_seeds"]}
     for probe in PROBES:
@@ -237,19 +250,22 @@ def _best_layer_row(base: dict, per_layer: list[dict]) -> dict:
     row["relative_extractability_sem"] = ratio * math.sqrt(
         (row["mdl_s_sem"] / row["mdl_s_bits"]) ** 2 + (row["mdl_t_sem"] / row["mdl_t_bits"]) ** 2
     )
+    row.update(_censoring({probe: row[f"accuracy_{probe}"] for probe in PROBES}, min_accuracy))
     return {column: row[column] for column in EXTRACTABILITY_COLUMNS}
 
 
 # EVERY TASK
 
 
-def measure(code: OnlineCode, mode: str, seeds: int, tasks, *, progress: Callable[[str], None] = print) -> ExtractabilityResult:
+def measure(code: OnlineCode, mode: str, seeds: int, tasks, *, min_accuracy: float,
+            progress: Callable[[str], None] = print) -> ExtractabilityResult:
     """MDL of the s- and t-probes and their ratio for every task.
 
     tasks: (task_id, build) pairs, build() -> ProbeTask; a task's wall time includes
-    building its sets. Both probes × all seeds (× all layers) run as one program per task.
+    building its sets. Both probes × all seeds (× all layers) run as one program per task;
+    a row whose probes' held-out accuracy is below `min_accuracy` is marked censored.
     """
-    result = ExtractabilityResult()
+    result = ExtractabilityResult(min_accuracy)
     for _, build in tasks:
         started = time.perf_counter()
         task = build()
