@@ -305,3 +305,9 @@ def test_too_small_corpus_names_task_set_and_sizes(tmp_path, tokenizer):
     with pytest.raises(NLDataError, match=r"too small for task 1 .*training set needs 12 \w+ prompts of 12 tokens.*30 usable texts"):
         nl.build_task_data(1, load_corpus(str(path)), tokenizer, PROMPT_LEN, test_sizes={p: 4 for p in SIZES},
                            train_size=24, max_s_only_rate=0.5, probe_size=22, seed=0, source=str(path))
+
+
+def test_config_knows_every_nl_task():
+    from rlbias_jax.config import NL_TASK_IDS
+
+    assert NL_TASK_IDS == tuple(nl.TASK_NAMES)
