@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 TOY_TASK_IDS = (1, 2, 3, 4, 5)
-NL_TASK_IDS = (1, 2, 5, 22, 23)
+NL_TASK_IDS = (1, 2, 5, 6, 22, 23, 24, 28)  # rlbias_jax.tasks.nl.TASK_NAMES
+REWARD_CONDITIONS = ("label", "always_positive")
 
 
 class ConfigError(ValueError):
@@ -134,9 +135,14 @@ class RewardConfig:
     kind: Literal["ascending", "threshold", "classifier", "vader_lexicon"] = "ascending"
     model: str = "lvwerra/distilbert-imdb"  # classifier reward: a local HF folder or a cached repo id
     max_len: int = 128  # classifier reward: its tokens per prompt + response (longer texts truncated)
+    # NL only. "label": positive sentiment is rewarded iff the label is 1 (SPEC §6);
+    # "always_positive": every prompt is rewarded for positive sentiment (the label is read as 1
+    # for the reward only; partitions and evaluation rows unchanged): the pipeline's learning check.
+    condition: Literal["label", "always_positive"] = "label"
 
     def validate(self) -> None:
-        pass
+        _require(self.condition in REWARD_CONDITIONS, "reward.condition",
+                 f"unknown value {self.condition!r}; known: {', '.join(REWARD_CONDITIONS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +154,9 @@ class PPOConfig:
     minibatch_size: int = 64  # episodes per minibatch
     epochs: int = 5
     response_len: int = 5
+    # No EOS among the first min_response_len new tokens (the sampler and the teacher-forced
+    # log-probs both suppress it); 0 = no minimum. The NL original: min 32, max 48 new tokens.
+    min_response_len: int = 0
     temperature: float = 1.0
     learning_rate: float = 1e-4
     adam_eps: float = 1e-5
@@ -172,6 +181,8 @@ class PPOConfig:
             "ppo.minibatch_size",
             f"({self.minibatch_size}) must divide ppo.episodes_per_iteration ({self.episodes_per_iteration})",
         )
+        _require(0 <= self.min_response_len <= self.response_len, "ppo.min_response_len",
+                 f"({self.min_response_len}) must be in [0, ppo.response_len ({self.response_len})]")
         _require(self.temperature > 0, "ppo.temperature", "must be > 0")
         _require(self.learning_rate > 0, "ppo.learning_rate", "must be > 0")
         _require(0 <= self.gamma <= 1, "ppo.gamma", "must be in [0, 1]")
@@ -297,6 +308,11 @@ class Config:
             _require(self.model.max_len >= needed, "model.max_len", f"({self.model.max_len}) must be >= task.seq_len + ppo.response_len ({needed})")
             _require(self.reward.kind in ("ascending", "threshold"), "reward.kind",
                      f"{self.reward.kind!r} is an NL reward; run.experiment = 'toy' uses ascending or threshold")
+            # NL-only settings are rejected rather than silently ignored
+            _require(self.reward.condition == "label", "reward.condition",
+                     f"{self.reward.condition!r} is an NL positive control; run.experiment = 'toy' rewards by label only")
+            _require(self.ppo.min_response_len == 0, "ppo.min_response_len",
+                     "must be 0 for run.experiment = 'toy' (its responses are scored as they come, SPEC §4)")
         else:
             self._validate_nl()
         return self
@@ -313,6 +329,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_model_context(config: Config, max_positions: int, source: str) -> None:
+    """NL: a prompt and its response must fit in the pretrained model's positions (known once its
+    config is read); ConfigError naming ppo.response_len, raised before any compute."""
+    needed = config.task.prompt_len + config.ppo.response_len
+    _require(needed <= max_positions, "ppo.response_len",
+             f"task.prompt_len + ppo.response_len = {config.task.prompt_len} + {config.ppo.response_len} = {needed} tokens "
+             f"exceed the {max_positions} positions of the model {source}")
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,10 @@ def test_shipped_configs_are_valid(path):
     ({"probe": {"mode": "magic"}}, "probe.mode"),
     ({"modle": {}}, "[modle]"),
     ({"sweep": {"seeds": 2.5}}, "sweep.seeds"),
+    # NL-only settings are rejected by the toy experiment, not ignored
+    ({"reward": {"condition": "always_positive"}}, "reward.condition"),
+    ({"reward": {"condition": "sometimes"}}, "reward.condition"),
+    ({"ppo": {"min_response_len": 1}}, "ppo.min_response_len"),
 ])
 def test_bad_values_name_the_field(data, field):
     with pytest.raises(ConfigError) as error:

@@ -2,6 +2,7 @@
 configs, and bad input: missing corpus / reward model / policy, corpus too small, wrong reward kind."""
 
 import csv
+import dataclasses
 
 import pytest
 from test_nl_fixtures import tiny_policy_folder
@@ -49,16 +50,35 @@ def test_run_writes_every_table(policy, tmp_path):
     curves = _read(outcome.run_dir / "curves.csv")
     assert {"objective/kl", "objective/kl_coef", "env/reward_mean"} <= set(curves[0])
     extractability = _read(outcome.run_dir / "extractability.csv")
-    assert {row["task_name"] for row in extractability} == {"high-rating-vs-review", "even-words-vs-dash"}
+    assert {row["task_name"] for row in extractability} == {"high-rating-vs-review", "even-spaces-vs-dash"}
     assert {row["layer"] for row in extractability} == {"-1", "0", "1", "2"}  # every layer + best
     assert outcome.manifest["experiment"] == "nl" and outcome.manifest["status"] == "complete"
     assert outcome.manifest["phases"]["rl"]["episodes"] == 2 * 8 * 4
 
 
-@pytest.mark.parametrize("path", ["configs/nl_default.toml", "configs/nl_paper.toml"])
-def test_shipped_nl_configs_are_valid(path):
+@pytest.mark.parametrize("path, task_ids, condition", [
+    ("configs/nl_default.toml", (1, 2, 5, 22, 23), "label"),
+    ("configs/nl_paper.toml", (1, 2, 5, 6, 22, 23, 24, 28), "label"),
+    ("configs/nl_control.toml", (1,), "always_positive"),
+])
+def test_shipped_nl_configs_are_valid(path, task_ids, condition):
     config = load_config(path)
-    assert config.run.experiment == "nl" and config.task.task_ids == (1, 2, 5, 22, 23)
+    assert config.run.experiment == "nl" and config.task.task_ids == task_ids
+    assert config.reward.condition == condition
+
+
+def test_paper_config_has_the_original_generation_lengths():
+    ppo = load_config("configs/nl_paper.toml").ppo
+    assert (ppo.min_response_len, ppo.response_len) == (32, 48)
+
+
+def test_control_config_is_nl_default_with_every_prompt_rewarded_positively():
+    default, control = load_config("configs/nl_default.toml"), load_config("configs/nl_control.toml")
+    assert control.sweep.s_only_rates == (0.0,)
+    assert control.model == default.model
+    assert dataclasses.replace(control.ppo, iterations=default.ppo.iterations) == default.ppo
+    assert control.reward == dataclasses.replace(default.reward, condition="always_positive")
+    assert dataclasses.replace(control.task, task_ids=default.task.task_ids) == default.task
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -67,6 +87,8 @@ def test_shipped_nl_configs_are_valid(path):
     ({"task": {"task_ids": [1, 3]}}, "task.task_ids"),
     ({"task": {"prompt_len": 2}}, "task.prompt_len"),
     ({"model": {"trainable_layers": -1}}, "model.trainable_layers"),
+    ({"reward": {"condition": "sometimes"}}, "reward.condition"),
+    ({"ppo": {"min_response_len": 5}}, "ppo.min_response_len"),  # response_len is 4
 ])
 def test_bad_nl_configs_name_the_field(policy, overrides, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
@@ -85,6 +107,7 @@ def _cli(tmp_path, policy, *sets):
     ('reward.kind="classifier"', "lvwerra/distilbert-imdb"),
     ('model.source="/no/such/policy"', "/no/such/policy does not exist"),
     ("task.train_size=20000", "too small for task 1"),
+    ("ppo.response_len=60", "ppo.response_len: task.prompt_len + ppo.response_len = 16 + 60 = 76 tokens exceed the 64 positions"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, policy, capsys, monkeypatch, setting, message):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -136,3 +136,36 @@ def test_classifier_reward_is_signed_positive_logit_of_prompt_plus_response(clas
 def test_missing_reward_model_names_it(tmp_path):
     with pytest.raises(ModelLoadError, match="reward model .*no_such_model"):
         sentiment.classifier_reward(str(tmp_path / "no_such_model"), WordTokenizer().decode, 0, 16)
+
+
+# THE POSITIVE CONTROL (reward.condition = "always_positive")
+
+
+def test_always_positive_rewards_positive_sentiment_for_every_label():
+    positive = sentiment.LexiconReward.for_tokenizer(WordTokenizer().decode, len(VOCAB), condition="always_positive")
+    by_label = sentiment.LexiconReward.for_tokenizer(WordTokenizer().decode, len(VOCAB))
+    texts = [" this movie is great", " this movie is great", " awful movie", " awful movie"]
+    labels = [1, 0, 1, 0]
+    great = 2.8 * 3.1 / np.sqrt(3.1**2 + 15)
+    awful = 2.8 * -2.0 / np.sqrt(2.0**2 + 15)  # vader_lexicon.txt: awful -2.0
+    np.testing.assert_allclose(_score(positive, texts, labels), [great, great, awful, awful], rtol=1e-5)
+    np.testing.assert_allclose(_score(by_label, texts, labels), [great, -great, awful, -awful], rtol=1e-5)
+
+
+def test_always_positive_classifier_reward(classifier):
+    folder, _, _ = classifier
+    words = WordTokenizer()
+    rewards = {condition: sentiment.classifier_reward(str(folder), words.decode, 0, max_len=16, condition=condition)
+               for condition in sentiment.CONDITIONS}
+    prompts = np.asarray([words.encode(" this movie")] * 2, np.int32)
+    responses = np.asarray([words.encode(" is great the plot")] * 2, np.int32)
+    masks, labels = np.ones((2, 4), bool), np.asarray([1, 0])
+    scores = {condition: np.asarray(reward.score_fn(reward.params())(responses, masks, labels, prompts))
+              for condition, reward in rewards.items()}
+    np.testing.assert_allclose(scores["always_positive"], [scores["label"][0]] * 2, atol=1e-6)
+    np.testing.assert_allclose(scores["label"], [scores["label"][0], -scores["label"][0]], atol=1e-6)
+
+
+def test_unknown_reward_condition_is_one_line():
+    with pytest.raises(ValueError, match=r"^reward.condition: unknown value 'sometimes'; known: label, always_positive$"):
+        sentiment.LexiconReward.for_tokenizer(WordTokenizer().decode, len(VOCAB), condition="sometimes")

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlbias_jax.config import Config, ConfigError
+from rlbias_jax.config import Config, ConfigError, check_model_context
 from rlbias_jax.experiments.base import KeyTag, Progress, RunSpec, Shared, stream
 from rlbias_jax.models import split
 from rlbias_jax.models.heads import PolicyValueModel
@@ -157,6 +157,7 @@ def load_setup(config: Config, progress: Callable[[str], None] = print) -> NLSet
     from rlbias_jax.models.loading import ModelLoadError, load_pretrained
 
     loaded = load_pretrained(config.model.source, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+    check_model_context(config, loaded.config.max_len, loaded.source)
     if loaded.tokenizer is None:
         raise ModelLoadError(f"the policy checkpoint {loaded.source} has no tokenizer; the NL tasks need one")
     tokenizer = nl_tasks.HFTokenizer(loaded.tokenizer)
@@ -165,7 +166,8 @@ def load_setup(config: Config, progress: Callable[[str], None] = print) -> NLSet
     params = {"lm": loaded.params, "value_head": {"kernel": jnp.zeros((width, 1), jnp.float32), "bias": jnp.zeros((1,), jnp.float32)}}
     trainable, frozen = split_params(params, config.model.trainable_layers)
     reward = make_reward(config, tokenizer, loaded)
-    sampling = loaded.sampling_config(config.ppo.response_len, temperature=config.ppo.temperature)
+    sampling = loaded.sampling_config(config.ppo.response_len, temperature=config.ppo.temperature,
+                                      min_new_tokens=config.ppo.min_response_len)
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
     progress(f"policy {loaded.source}: {count(trainable):,} trainable and {count(frozen):,} frozen parameters; "
              f"reward {reward.name}")
@@ -174,9 +176,10 @@ def load_setup(config: Config, progress: Callable[[str], None] = print) -> NLSet
 
 def make_reward(config: Config, tokenizer: nl_tasks.HFTokenizer, loaded) -> LexiconReward | ClassifierReward:
     if config.reward.kind == "vader_lexicon":
-        return LexiconReward.for_tokenizer(tokenizer.decode, loaded.config.vocab_size)
+        return LexiconReward.for_tokenizer(tokenizer.decode, loaded.config.vocab_size, condition=config.reward.condition)
     if config.reward.kind == "classifier":
-        return classifier_reward(config.reward.model, tokenizer.decode, loaded.pad_id, config.reward.max_len)
+        return classifier_reward(config.reward.model, tokenizer.decode, loaded.pad_id, config.reward.max_len,
+                                 condition=config.reward.condition)
     raise ValueError(f"reward.kind {config.reward.kind!r} is not an NL reward (vader_lexicon, classifier)")
 
 

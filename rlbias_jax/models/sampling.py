@@ -3,7 +3,9 @@
 `generate` prefills the (left-padded) prompt once, then samples `max_new_tokens`
 tokens in a `lax.scan`, one cached forward step each (none after the last token). Each row has its own PRNG
 stream (`fold_in(row_key, step)`), so a row's sample does not depend on the batch
-it is in. After a row emits EOS it emits PAD and its mask is false.
+it is in. After a row emits EOS it emits PAD and its mask is false. With
+`min_new_tokens = m > 0`, EOS cannot be sampled as one of the first m new tokens
+(`suppress_early_eos`; the teacher-forced log-probs of PPO apply the same mask).
 
 `apply_fn(params, tokens, positions, attention_mask, cache)` must return an
 object with `.logits` [B, T, V] and `.cache` (LMOutput and PolicyOutput both do).
@@ -32,6 +34,7 @@ class SamplingConfig:
     greedy: bool = False
     eos_id: int | None = None
     pad_id: int = 0
+    min_new_tokens: int = 0  # no EOS among the first min_new_tokens new tokens (0 = no minimum)
 
 
 @flax.struct.dataclass
@@ -54,6 +57,20 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
         cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)
     return logits
+
+
+def suppress_early_eos(logits: jax.Array, new_token_index, min_new_tokens: int, eos_id: int | None) -> jax.Array:
+    """EOS gets the lowest finite logit for new tokens with index < min_new_tokens.
+
+    logits [..., V] of the new tokens whose 0-based indices `new_token_index` broadcast
+    against logits.shape[:-1]. Finite, so that a log-softmax and its entropy stay finite;
+    exp of it underflows to exactly 0, so EOS has probability 0. Identity when
+    min_new_tokens = 0 or there is no EOS.
+    """
+    if min_new_tokens <= 0 or eos_id is None:
+        return logits
+    early = jnp.asarray(new_token_index) < min_new_tokens
+    return logits.at[..., eos_id].set(jnp.where(early, jnp.finfo(logits.dtype).min, logits[..., eos_id]))
 
 
 def choose_tokens(logits: jax.Array, row_keys: jax.Array, config: SamplingConfig) -> jax.Array:
@@ -100,7 +117,8 @@ def generate(
 
     def choose(carry: Carry, step_index):
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step_index)
-        token = choose_tokens(carry.logits, step_keys, config)
+        logits = suppress_early_eos(carry.logits, step_index, config.min_new_tokens, config.eos_id)
+        token = choose_tokens(logits, step_keys, config)
         valid = ~carry.done
         token = jnp.where(valid, token, config.pad_id)
         done = carry.done
@@ -139,7 +157,8 @@ def generate_reference(apply_fn: ApplyFn, params, prompt, prompt_mask, key, conf
     for step_index in range(config.max_new_tokens):
         out = apply_fn(params, tokens, prompt_positions(mask), mask, None)
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step_index)
-        token = choose_tokens(out.logits[:, -1], step_keys, config)
+        logits = suppress_early_eos(out.logits[:, -1], step_index, config.min_new_tokens, config.eos_id)
+        token = choose_tokens(logits, step_keys, config)
         valid = ~done
         token = jnp.where(valid, token, config.pad_id)
         if config.eos_id is not None:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from rlbias_jax.config import PPOConfig
+from rlbias_jax.models.sampling import suppress_early_eos
 
 
 @flax.struct.dataclass
@@ -51,15 +52,20 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_len: int, temperature: float, inputs=None):
+def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_len: int, temperature: float, inputs=None,
+                        eos_id: int | None = None, min_new_tokens: int = 0):
     """Teacher-forced pass: log-probs of the response tokens, values and entropies, each [B, N].
 
     The position P−1+i emits response token i, so its logits and value belong to token i.
     `apply_fn` reads `inputs` when given (e.g. cached trunk features), else the tokens.
+    The distribution is the sampler's: logits / temperature, and EOS suppressed for
+    response tokens i < min_new_tokens exactly as `sampling.generate` does, so that the
+    old log-probs and the PPO ratio are those of the distribution the tokens came from.
     """
     out = apply_fn(params, tokens if inputs is None else inputs, None, None, None)
     prompt_len = tokens.shape[1] - response_len
     logits = out.logits[:, prompt_len - 1 : -1] / temperature
+    logits = suppress_early_eos(logits, jnp.arange(response_len), min_new_tokens, eos_id)
     values = out.values[:, prompt_len - 1 : -1]
     log_probs_all = jax.nn.log_softmax(logits, axis=-1)
     response = tokens[:, prompt_len:]
@@ -68,10 +74,12 @@ def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_
     return logprobs, values, entropy
 
 
-def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig):
-    """Clipped policy loss + (optionally clipped) value loss − entropy bonus, with TRL's statistics."""
+def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig, eos_id: int | None = None, min_new_tokens: int = 0):
+    """Clipped policy loss + (optionally clipped) value loss − entropy bonus, with TRL's statistics.
+    `eos_id`, `min_new_tokens`: the sampler's EOS suppression (see `response_statistics`)."""
     response_len = batch.response_mask.shape[1]
-    logprobs, values, entropy = response_statistics(apply_fn, params, batch.tokens, response_len, config.temperature, batch.inputs)
+    logprobs, values, entropy = response_statistics(apply_fn, params, batch.tokens, response_len, config.temperature, batch.inputs,
+                                                    eos_id, min_new_tokens)
     mask = batch.response_mask
 
     # masked before exp: a token after EOS must not overflow the ratio (exp(> 88.7) = inf in float32)
@@ -114,14 +122,17 @@ def ppo_update(
     apply_fn: Callable,
     optimizer: optax.GradientTransformation,
     config: PPOConfig,
+    eos_id: int | None = None,
+    min_new_tokens: int = 0,
 ) -> tuple[TrainState, dict]:
-    """`config.epochs` passes over shuffled minibatches of episodes; statistics averaged."""
+    """`config.epochs` passes over shuffled minibatches of episodes; statistics averaged.
+    `eos_id`, `min_new_tokens`: the sampler's EOS suppression (see `response_statistics`)."""
     batch_size = episodes.tokens.shape[0]
     n_minibatches = batch_size // config.minibatch_size
     grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
 
     def minibatch_step(train_state: TrainState, minibatch: Episodes):
-        (_, stats), grads = grad_fn(train_state.params, apply_fn, minibatch, config)
+        (_, stats), grads = grad_fn(train_state.params, apply_fn, minibatch, config, eos_id, min_new_tokens)
         updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
         params = optax.apply_updates(train_state.params, updates)
         stats["policy/grad_norm"] = optax.tree.norm(grads)

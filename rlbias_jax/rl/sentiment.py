@@ -31,6 +31,12 @@ The policy must write positively iff the target feature holds (label 1). Two rew
 Both expose `score(responses, masks, labels, prompts) -> float32[B]` (the `ScoreFn` of
 `rlbias_jax.rl.train`) through `score_fn(params)`, where `params` are the reward model's
 parameters (None for the lexicon), passed in as an argument so that a sweep shares them.
+
+Both take a `condition` (`reward.condition`): "label" (the experiment: the sign follows the
+label) or "always_positive" (the positive control: every response is rewarded for positive
+sentiment, as if its label were 1; the labels themselves, the partitions and the evaluation
+rows are unchanged). It is the pipeline's learning check: positive sentiment is learnable
+without reading the prefix, so a pipeline that cannot raise it cannot learn the task either.
 """
 
 from __future__ import annotations
@@ -56,9 +62,23 @@ def normalised_score(reward):
     return (reward + REWARD_SCALE) / (2 * REWARD_SCALE)
 
 
+CONDITIONS = ("label", "always_positive")
+
+
 def signed(value: jax.Array, labels: jax.Array) -> jax.Array:
     """+value for label 1, −value for label 0."""
     return jnp.where(labels == 1, value, -value)
+
+
+def check_condition(condition: str) -> None:
+    if condition not in CONDITIONS:
+        raise ValueError(f"reward.condition: unknown value {condition!r}; known: {', '.join(CONDITIONS)}")
+
+
+def rewarded_labels(labels: jax.Array, condition: str) -> jax.Array:
+    """The labels the reward reads: the labels ("label"), or all 1 ("always_positive")."""
+    check_condition(condition)
+    return jnp.ones_like(labels) if condition == "always_positive" else labels
 
 
 # (b) THE LEXICON REWARD
@@ -132,10 +152,14 @@ def lexicon_sentiment(response: jax.Array, mask: jax.Array, table: LexiconTable)
 class LexiconReward:
     table: LexiconTable
     name: str = "vader_lexicon"
+    condition: str = "label"  # or "always_positive" (the positive control)
+
+    def __post_init__(self):
+        check_condition(self.condition)  # fails at construction, not inside a trace
 
     @classmethod
-    def for_tokenizer(cls, decode: Callable[[list[int]], str], vocab_size: int) -> "LexiconReward":
-        return cls(build_lexicon_table(decode, vocab_size))
+    def for_tokenizer(cls, decode: Callable[[list[int]], str], vocab_size: int, condition: str = "label") -> "LexiconReward":
+        return cls(build_lexicon_table(decode, vocab_size), condition=condition)
 
     def params(self):
         return self.table
@@ -144,7 +168,7 @@ class LexiconReward:
         def score(responses, masks, labels, prompts):
             del prompts
             sentiment = jax.vmap(lexicon_sentiment, in_axes=(0, 0, None))(responses, masks, table)
-            return signed(REWARD_SCALE * sentiment, labels)
+            return signed(REWARD_SCALE * sentiment, rewarded_labels(labels, self.condition))
 
         return score
 
@@ -161,6 +185,10 @@ class ClassifierReward:
     policy_pad_id: int
     max_len: int  # classifier tokens per text (longer texts are truncated)
     name: str = "classifier"
+    condition: str = "label"  # or "always_positive" (the positive control)
+
+    def __post_init__(self):
+        check_condition(self.condition)  # fails at construction, not inside a trace
 
     def params(self):
         return self.classifier.params
@@ -187,12 +215,12 @@ class ClassifierReward:
             shapes = (jax.ShapeDtypeStruct((batch, self.max_len), jnp.int32), jax.ShapeDtypeStruct((batch, self.max_len), jnp.bool_))
             ids, attention = jax.pure_callback(self.tokenize, shapes, prompts, responses, masks, vmap_method="expand_dims")
             logits = self.classifier.logits(params, ids, attention)
-            return signed(logits[:, self.classifier.positive_index], labels)
+            return signed(logits[:, self.classifier.positive_index], rewarded_labels(labels, self.condition))
 
         return score
 
 
-def classifier_reward(source: str, policy_decode, policy_pad_id: int, max_len: int) -> ClassifierReward:
+def classifier_reward(source: str, policy_decode, policy_pad_id: int, max_len: int, condition: str = "label") -> ClassifierReward:
     """Load the reward model at `source` (a local HF folder or a repo id in the local HF cache)."""
     from rlbias_jax.models.bert import load_classifier
     from rlbias_jax.models.loading import ModelLoadError, resolve_source
@@ -203,7 +231,7 @@ def classifier_reward(source: str, policy_decode, policy_pad_id: int, max_len: i
         raise ModelLoadError(f"reward model {source!r} is missing: {error}") from None
     if folder.suffix == ".gguf":
         raise ModelLoadError(f"reward model {source!r}: a GGUF file is not a sequence classifier")
-    return ClassifierReward(load_classifier(folder), policy_decode, policy_pad_id, max_len)
+    return ClassifierReward(load_classifier(folder), policy_decode, policy_pad_id, max_len, condition=condition)
 
 
 def compound_to_reward(compound: float) -> float:

@@ -115,9 +115,12 @@ def ppo_iteration(
     # TEACHER-FORCED OLD LOG-PROBS AND VALUES (first epoch ratio is exactly 1)
     inputs = None if policy.features_fn is None else jax.lax.stop_gradient(policy.features_fn(tokens))
     teacher_fn = policy.apply_fn if policy.teacher_fn is None else policy.teacher_fn
-    logprobs, values, _ = response_statistics(teacher_fn, params, tokens, config.response_len, config.temperature, inputs)
+    # the sampler's distribution: the same temperature and EOS suppression
+    eos_rule = (policy.sampling.eos_id, policy.sampling.min_new_tokens)
+    logprobs, values, _ = response_statistics(teacher_fn, params, tokens, config.response_len, config.temperature, inputs, *eos_rule)
     if config.kl_coef > 0:
-        ref_logprobs, _, _ = response_statistics(teacher_fn, reference_params, tokens, config.response_len, config.temperature, inputs)
+        ref_logprobs, _, _ = response_statistics(teacher_fn, reference_params, tokens, config.response_len, config.temperature,
+                                                 inputs, *eos_rule)
         kl = kl_per_token(logprobs, ref_logprobs, config.kl_estimator) * mask
     else:
         kl = jnp.zeros_like(logprobs)
@@ -133,7 +136,7 @@ def ppo_iteration(
                         returns=returns, inputs=inputs)
 
     # UPDATE
-    new_train, stats = ppo_update(state.train, episodes, update_key, teacher_fn, policy.optimizer, config)
+    new_train, stats = ppo_update(state.train, episodes, update_key, teacher_fn, policy.optimizer, config, *eos_rule)
     mean_kl = (kl * mask).sum(axis=1).mean()
     kl_coef = state.kl_coef
     if config.adaptive_kl and config.kl_coef > 0:
