@@ -47,6 +47,10 @@ class RunConfig:
     coordinator_address: str = ""
     num_processes: int = 0
     process_id: int = -1
+    # Results bitwise equal whatever the device or process count (docs/scale_out.md): switches
+    # off XLA:CPU's YNNPACK fusions, whose sums are ordered by the batch shape. Off by
+    # default, the fast path; resume on the same device count is bitwise on both paths.
+    bitwise_across_devices: bool = False
 
     def validate(self) -> None:
         _require(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,199}", self.name) is not None, "run.name",

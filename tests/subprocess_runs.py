@@ -48,6 +48,11 @@ greedy = false
 """
 
 
+# The same sweep on the opt-in path whose results do not depend on the device or process count.
+TINY_BITWISE = TINY.replace("report = false\n", "report = false\nbitwise_across_devices = true\n", 1)
+assert TINY_BITWISE != TINY
+
+
 def subprocess_env(request, tmp_path_factory, devices: int = 1) -> dict[str, str]:
     """CPU only, `devices` forced host devices, and the shared compilation cache."""
     cache_provider = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider

@@ -19,8 +19,8 @@ import pytest
 
 from rlbias_jax.config import ConfigError, RunConfig
 from rlbias_jax.distributed import resolve_process_group
-from rlbias_jax.rl.sweep import padded_run_count
-from subprocess_runs import TINY, assert_same_outputs, free_port, rlbias, subprocess_env
+from rlbias_jax.rl.sweep import compiler_options, padded_run_count
+from subprocess_runs import TINY_BITWISE, assert_same_outputs, free_port, rlbias, subprocess_env
 
 
 def test_padding_gives_every_device_at_least_two_runs():
@@ -31,6 +31,11 @@ def test_padding_gives_every_device_at_least_two_runs():
     assert padded_run_count(40, mesh(8)) == 40
     assert padded_run_count(41, mesh(8)) == 48
     assert padded_run_count(1, mesh(1)) == 2
+
+
+def test_only_the_opt_in_switches_off_batch_shape_dependent_fusions():
+    assert compiler_options(False) is None  # the default: XLA's fast path
+    assert compiler_options(True) == {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def test_process_group_from_config_or_environment():
@@ -60,7 +65,7 @@ def test_process_group_errors_name_the_field(run, environ, field):
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "tiny.toml"
-    path.write_text(TINY)
+    path.write_text(TINY_BITWISE)  # device-count invariance is the opt-in path
     return path
 
 

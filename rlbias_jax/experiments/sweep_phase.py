@@ -182,7 +182,8 @@ def run_sweep_phase(experiment: Experiment, specs: list[RunSpec], run_dir: Path,
     """Train every run and evaluate it (after the baseline, if configured); returns the rows of results.csv."""
     config = experiment.config
     initial_states, data, shared = experiment.initial_states(specs), experiment.training_data(specs), experiment.shared(specs)
-    evaluate = sweep.make_evaluate(experiment.build_policy, shared.axis)
+    evaluate = sweep.make_evaluate(experiment.build_policy, shared.axis,
+                                   bitwise_across_devices=config.run.bitwise_across_devices)
     if config.eval.baseline:
         run_baseline(experiment, evaluate, specs, initial_states, shared, run_dir, manifest, progress, resume)
     started = time.perf_counter()
@@ -191,7 +192,8 @@ def run_sweep_phase(experiment: Experiment, specs: list[RunSpec], run_dir: Path,
     place = lambda tree: sweep.shard_runs(sweep.pad_runs(tree, len(specs), padded), mesh)  # noqa: E731
     states, data = place(initial_states), place(data)
     shared_placed = place(shared.value) if shared.per_run and shared.value is not None else shared.value
-    train_chunk = sweep.make_train_chunk(experiment.build_policy, config.ppo, shared.axis)
+    train_chunk = sweep.make_train_chunk(experiment.build_policy, config.ppo, shared.axis,
+                                         bitwise_across_devices=config.run.bitwise_across_devices)
     progress(experiment.sweep_description(specs).format(devices=mesh.size))
     checkpoints = SweepCheckpoints(run_dir / "checkpoints", config.run.checkpoint_keep, config.run.checkpoint_every_s)
     curves: list[dict] = []

@@ -10,11 +10,12 @@ The run axis is sharded over every device (padded to a multiple of the device
 count, at least two runs per device; padding runs are dropped from the results),
 and each device runs the single-device program on its share of the runs.
 
-Results do not depend on the device or process count (bitwise, on CPU): every
-device runs the same per-run arithmetic whatever its number of runs. Three things
-make it so, found by comparing a vmapped batch with its slices and with its
+With `bitwise_across_devices` (`run.bitwise_across_devices`), results do not depend on
+the device or process count (bitwise, on CPU): every device runs the same per-run
+arithmetic whatever its number of runs. Three things make it so, found by comparing a vmapped batch with its slices and with its
 multi-device versions: XLA:CPU's YNNPACK reduction fusions sum in a batch-size-
-dependent order (switched off by `compiler_options`); a batch of one run is
+dependent order (switched off by `compiler_options`, which costs speed: it is the
+opt-in; by default the fusions stay on); a batch of one run is
 simplified into different reductions than a batch of two or more (hence at least
 two runs per device); and programs compiled for several devices go through other
 simplifications than single-device ones (hence `distributed.ShardwiseProgram`
@@ -49,12 +50,13 @@ def padded_run_count(num_runs: int, mesh: Mesh) -> int:
     return per_device * mesh.size
 
 
-def compiler_options() -> dict | None:
-    """XLA options for programs vmapped over runs: batch-size-invariant reductions on CPU.
+def compiler_options(bitwise_across_devices: bool) -> dict | None:
+    """XLA options for programs vmapped over runs: with `bitwise_across_devices`,
+    batch-size-invariant reductions on CPU.
 
     YNNPACK's reduce fusions (XLA:CPU) order their sums by the batch shape, so a device
     holding 4 runs and one holding 1 would compute slightly different numbers."""
-    if jax.default_backend() == "cpu":
+    if bitwise_across_devices and jax.default_backend() == "cpu":
         return {"xla_cpu_experimental_ynn_fusion_type": ""}
     return None
 
@@ -71,7 +73,8 @@ def shard_runs(tree, mesh: Mesh):
     return distributed.place_runs(tree, mesh)
 
 
-def make_train_chunk(build_policy: Callable, config: PPOConfig, shared_axis: int | None) -> Callable:
+def make_train_chunk(build_policy: Callable, config: PPOConfig, shared_axis: int | None, *,
+                     bitwise_across_devices: bool = False) -> Callable:
     """jit(vmap(scan(ppo_iteration))) per device: (states[R], data[R], shared, length) -> (states, metrics[R, length]).
 
     build_policy(shared) -> (Policy, reference parameters or None): what one run's
@@ -92,11 +95,12 @@ def make_train_chunk(build_policy: Callable, config: PPOConfig, shared_axis: int
 
         return jax.vmap(one_run, in_axes=(0, 0, shared_axis))(states, data, shared)
 
-    jitted = jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,), compiler_options=compiler_options())
+    jitted = jax.jit(train_chunk, static_argnames=("length",), donate_argnums=(0,),
+                     compiler_options=compiler_options(bitwise_across_devices))
     return distributed.ShardwiseProgram(jitted)
 
 
-def make_evaluate(build_policy: Callable, shared_axis: int | None) -> Callable:
+def make_evaluate(build_policy: Callable, shared_axis: int | None, *, bitwise_across_devices: bool = False) -> Callable:
     """jit(vmap(evaluate_partition)) over runs: (params[R], shared, prompts[R, n, P], labels[R, n], keys[R], greedy=) -> mean raw reward[R].
 
     Build it once per sweep: the baseline and the final evaluation share the compiled program."""
@@ -108,4 +112,4 @@ def make_evaluate(build_policy: Callable, shared_axis: int | None) -> Callable:
 
         return jax.vmap(one_run, in_axes=(0, shared_axis, 0, 0, 0))(params, shared, prompts, labels, keys)
 
-    return jax.jit(evaluate, static_argnames=("greedy",), compiler_options=compiler_options())
+    return jax.jit(evaluate, static_argnames=("greedy",), compiler_options=compiler_options(bitwise_across_devices))
