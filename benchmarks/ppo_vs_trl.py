@@ -19,12 +19,18 @@ updates), from one run's measured setup time and update time (declared as a
 projection in the JSON). Ours is measured on all R runs at once for a few
 iterations and projected to I iterations the same way.
 
-    python3 benchmarks/ppo_vs_trl.py [--settings paper_4x256,small_2x128] [--sweep-config configs/toy_default.toml]
+    python3 benchmarks/ppo_vs_trl.py [--settings paper_4x256,small_2x128] [--dtypes float32,bfloat16] [--sweep-config configs/toy_default.toml]
+
+`--dtypes`: each setting runs once per precision, side by side in the same run. float32:
+both sides in float32. bfloat16: ours with `model.dtype = "bfloat16"` (bf16 operands, float32
+accumulation, float32 master weights and optimizer state) in the program `rlbias run`
+executes; TRL with its bf16 autocast on (TRL's default).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -63,7 +69,8 @@ DIFFERENCES = [
     "TRL settings that would make it slower and are switched off: gradient checkpointing (TRL default on), bf16 "
     "autocast (TRL default on), sample generations; rollout in one batch (local_rollout_forward_batch_size = batch)",
     "prompt sampling: ours draws prompts with replacement, TRL shuffles the dataset per epoch (same count)",
-    "precision: float32 on both sides unless the JSON says otherwise",
+    "precision: each entry's setting.dtype, the same on both sides: float32, or bfloat16 (ours: bf16 operands with "
+    "float32 accumulation and float32 master weights; TRL: its bf16 autocast)",
 ]
 
 
@@ -141,7 +148,7 @@ def run_trl(python: Path, settings: dict) -> dict:
 
 def compare_setting(python: Path, setting: Setting, args) -> dict:
     config = toy_config(setting)
-    print(f"[{setting.name}] ours: compiling ...", flush=True)
+    print(f"[{setting.name} {setting.dtype}] ours: compiling ...", flush=True)
     model_config, data, first_call, timed_block = our_side(config, 1, args.iterations_per_call, args.calls)
     load_before = load_average()
     ours = timed_block()
@@ -221,6 +228,7 @@ def compare_sweep(python: Path, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="paper_4x256,small_2x128")
+    parser.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16 (both sides alike)")
     parser.add_argument("--sweep-config", default="configs/toy_default.toml")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--iterations-per-call", type=int, default=2)
@@ -234,7 +242,8 @@ def main() -> None:
     settings = {"paper_4x256": PAPER, "small_2x128": SMALL}
     result = {"benchmark": "ppo_vs_trl", "machine": machine(), "differences": DIFFERENCES, "settings": []}
     for name in args.settings.split(","):
-        result["settings"].append(compare_setting(python, settings[name], args))
+        for dtype in args.dtypes.split(","):
+            result["settings"].append(compare_setting(python, dataclasses.replace(settings[name], dtype=dtype), args))
     if not args.no_sweep:
         result["sweep"] = compare_sweep(python, args)
     result["load_average_at_end"] = load_average()

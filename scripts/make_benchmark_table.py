@@ -49,14 +49,14 @@ def trl_section(data: dict) -> list[str]:
         "",
         f"Machine: {_machine_line(data['machine'], trl_versions)}.",
         "",
-        "| setting | model | episodes / update, minibatch, epochs | ours episodes/s | TRL episodes/s | ratio | ratio per CPU-second | ours GFLOP/s | TRL GFLOP/s | TRL torch threads | load (1-min) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| setting | dtype (both sides) | model | episodes / update, minibatch, epochs | ours episodes/s | TRL episodes/s | ratio | ratio per CPU-second | ours GFLOP/s | TRL GFLOP/s | TRL torch threads | load (1-min) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for entry in data.get("settings", []):
         setting, model = entry["setting"], entry["model"]
         load = entry["load_average"]
         lines.append(
-            f"| {setting['name']} | GPT-2 {model['n_layer']}×{model['d_model']}, {model['parameters'] / 1e6:.2f} M params, "
+            f"| {setting['name']} | {setting.get('dtype', 'float32')} | GPT-2 {model['n_layer']}×{model['d_model']}, {model['parameters'] / 1e6:.2f} M params, "
             f"{model['prompt_len']}+{model['response_len']} tokens | {setting['episodes']}, {setting['minibatch']}, {setting['epochs']} "
             f"| {entry['ours']['episodes_per_s']:.1f} | {entry['trl']['episodes_per_s']:.1f} | **{entry['speedup']:.2f}×** "
             f"| {entry.get('speedup_per_cpu_s', float('nan')):.2f}× "

@@ -97,8 +97,8 @@ from rlbias_jax.rl import sweep
 POISON_RUN, POISON_AT = 1, 2
 make_train_chunk = sweep.make_train_chunk
 
-def poisoned_maker(build_policy, config, shared_axis):
-    chunk = make_train_chunk(build_policy, config, shared_axis)
+def poisoned_maker(build_policy, config, shared_axis, **options):
+    chunk = make_train_chunk(build_policy, config, shared_axis, **options)
 
     def poisoned(states, data, shared, length):
         if int(states.iteration[0]) == POISON_AT:
