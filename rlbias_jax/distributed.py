@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
@@ -93,7 +94,20 @@ def is_writer() -> bool:
 
 
 BARRIER_TIMEOUT_S = 3600  # another process may still be compiling its programs
-_barriers = 0
+_exchanges = 0
+
+
+def _coordination_client():
+    """The client of `jax.distributed.initialize`, or None when joined by other means (e.g. a TPU runtime)."""
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.client
+
+
+def _next_key(name: str) -> str:
+    global _exchanges
+    _exchanges += 1  # every process passes the same exchanges in the same order
+    return f"rlbias:{_exchanges}:{name}"
 
 
 def barrier(name: str) -> None:
@@ -102,53 +116,82 @@ def barrier(name: str) -> None:
     Through the coordination service, with a long timeout: a device collective would set
     up gloo's TCP pairs, whose connect timeout (about 30 s) a process still compiling
     can exceed on a loaded machine."""
-    global _barriers
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as jax_distributed  # the client of jax.distributed.initialize
-
-    client = jax_distributed.global_state.client
-    if client is None:  # joined by other means (e.g. a TPU runtime): a device collective
+    client = _coordination_client()
+    if client is None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
         return
-    _barriers += 1  # every process passes the same barriers in the same order
-    client.wait_at_barrier(f"rlbias:{_barriers}:{name}", BARRIER_TIMEOUT_S * 1000)
+    client.wait_at_barrier(_next_key(name), BARRIER_TIMEOUT_S * 1000)
 
 
 def broadcast_flag(value: bool) -> bool:
-    """Process 0's value of a host-side decision, on every process (e.g. 'a checkpoint is due')."""
+    """Process 0's value of a host-side decision, on every process (e.g. 'a checkpoint is due').
+
+    A key-value exchange through the coordination service, not a device collective: the
+    collective's first use compiles, and its gloo connect timeout (about 30 s) can expire
+    while the other process is still compiling."""
     if jax.process_count() == 1:
         return value
-    from jax.experimental import multihost_utils
+    client = _coordination_client()
+    if client is None:
+        from jax.experimental import multihost_utils
 
-    barrier("broadcast")
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+        return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+    key = _next_key("flag")
+    if jax.process_index() == 0:
+        client.key_value_set(key, "1" if value else "0")
+    return client.blocking_key_value_get(key, BARRIER_TIMEOUT_S * 1000) == "1"
 
 
 def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _local_pieces(x) -> list:
+    """(index, host data) of the shards of `x` this process holds, one replica each."""
+    return [(shard.index, np.asarray(shard.data)) for shard in x.addressable_shards if shard.replica_id == 0]
+
+
+def _gather_through_coordinator(arrays: list, client) -> list[np.ndarray]:
+    """Whole host copies of arrays sharded across processes, exchanged as bytes through the
+    coordination service (no device collective, see `broadcast_flag`)."""
+    key = _next_key("gather")
+    client.key_value_set_bytes(f"{key}:{jax.process_index()}", pickle.dumps([_local_pieces(x) for x in arrays]))
+    wholes = [np.empty(x.shape, x.dtype) for x in arrays]
+    for process in range(jax.process_count()):
+        pieces = pickle.loads(client.blocking_key_value_get_bytes(f"{key}:{process}", BARRIER_TIMEOUT_S * 1000))
+        for whole, array_pieces in zip(wholes, pieces):
+            for index, data in array_pieces:
+                whole[index] = data
+    barrier("gathered")  # every process has read every piece: each may drop its own
+    client.key_value_delete(f"{key}:{jax.process_index()}")
+    return wholes
+
+
 def to_host(tree):
     """Every leaf as a whole host array, gathered from all processes when it is sharded across them.
 
     Typed PRNG keys come back as key arrays on the default local device."""
-
-    def one(x):
-        if _is_key(x):
-            data = one(jax.random.key_data(x))
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    leaves, treedef = jax.tree.flatten(tree)
+    key_impls = [jax.random.key_impl(x) if _is_key(x) else None for x in leaves]
+    data = [jax.random.key_data(x) if impl is not None else x for x, impl in zip(leaves, key_impls)]
+    sharded = [i for i, x in enumerate(data) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    host = [np.asarray(x) if i not in sharded else None for i, x in enumerate(data)]
+    if sharded:
+        client = _coordination_client()
+        if client is None:
             from jax.experimental import multihost_utils
 
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
-
-    if jax.process_count() > 1:
-        barrier("gather")
-    return jax.tree.map(one, tree)
+            gathered = [np.asarray(multihost_utils.process_allgather(data[i], tiled=True)) for i in sharded]
+        else:
+            gathered = _gather_through_coordinator([data[i] for i in sharded], client)
+        for i, whole in zip(sharded, gathered):
+            host[i] = whole
+    out = [jax.random.wrap_key_data(h, impl=impl) if impl is not None else h for h, impl in zip(host, key_impls)]
+    return jax.tree.unflatten(treedef, out)
 
 
 def place_runs(tree, mesh: Mesh):
