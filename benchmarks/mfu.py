@@ -6,6 +6,7 @@ Phases of one PPO iteration, each jitted on its own and timed after warm-up:
   teacher_forced   the forward pass that recomputes old log-probs and values
   update           epochs × minibatches of forward + backward + Adam (`ppo.ppo_update`)
   iteration        the whole iteration through the real sweep program (`make_train_chunk`, R = 1)
+  iteration_bitwise  the same with `run.bitwise_across_devices = true` (YNNPACK fusions off)
 FLOPs are counted analytically (`common.ppo_flops_per_episode`: 2N per token forward,
 6N with backward, plus attention). All timings are interleaved round by round, so
 that other users' load hits every phase and the peak alike; MFU uses the best round
@@ -109,6 +110,8 @@ def phase_fns(setting: Setting, model_name: str) -> tuple[dict, dict, dict]:
     teacher = jax.jit(lambda p, t: ppo.response_statistics(policy.apply_fn, p, t, response_len, ppo_config.temperature))
     update = jax.jit(lambda s, e, k: ppo.ppo_update(s, e, k, policy.apply_fn, policy.optimizer, ppo_config))
     chunk = sweep.make_train_chunk(lambda reference: (policy, reference), ppo_config, shared_axis=None)
+    chunk_bitwise = sweep.make_train_chunk(lambda reference: (policy, reference), ppo_config, shared_axis=None,
+                                           bitwise_across_devices=True)
 
     tokens, _, mask = rollout(params, prompts, jax.random.key(3))
     logprobs, values, _ = teacher(params, tokens)
@@ -116,16 +119,17 @@ def phase_fns(setting: Setting, model_name: str) -> tuple[dict, dict, dict]:
     episodes_batch = ppo.Episodes(tokens=tokens, response_mask=mask, logprobs=logprobs, values=values,
                                   advantages=advantages, returns=values + advantages)
 
-    def run_chunk():
+    def run_chunk(program):
         # the chunk donates its state: hand it a copy every call
-        out, _ = chunk(jax.tree.map(lambda x: x.copy(), states), data, reference, length=1)
+        out, _ = program(jax.tree.map(lambda x: x.copy(), states), data, reference, length=1)
         jax.block_until_ready(out)
 
     fns = {
         "rollout": lambda: jax.block_until_ready(rollout(params, prompts, jax.random.key(5))),
         "teacher_forced": lambda: jax.block_until_ready(teacher(params, tokens)),
         "update": lambda: jax.block_until_ready(update(train_state, episodes_batch, jax.random.key(6))),
-        "iteration": run_chunk,
+        "iteration": lambda: run_chunk(chunk),
+        "iteration_bitwise": lambda: run_chunk(chunk_bitwise),
     }
     for fn in fns.values():  # compile
         fn()
@@ -136,6 +140,7 @@ def phase_fns(setting: Setting, model_name: str) -> tuple[dict, dict, dict]:
         "teacher_forced": per_episode["teacher_forced"] * episodes,
         "update": per_episode["update"] * episodes,
         "iteration": per_episode["total"] * episodes,
+        "iteration_bitwise": per_episode["total"] * episodes,
     }
     description = {
         "n_layer": model_config.n_layer, "d_model": model_config.d_model, "n_head": model_config.n_head,
@@ -220,7 +225,7 @@ def main() -> None:
                 "mfu": phase["flops"] / best / peak_flops, "median_mfu": phase["flops"] / typical / peak_flops,
                 "cpu_mfu": phase["flops"] / median(phase["cpu_seconds"]) / peak_cpu,
             })
-            if name == "iteration":
+            if name.startswith("iteration"):
                 phase["episodes_per_s"] = entry["model"]["episodes"] / best
             print(f"  {name:15s} {best * 1e3:9.1f} ms (median {typical * 1e3:9.1f})  "
                   f"{phase['flops_per_s'] / 1e9:8.1f} GFLOP/s  MFU {phase['mfu']:6.1%} (median {phase['median_mfu']:6.1%}, "

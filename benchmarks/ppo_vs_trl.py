@@ -67,7 +67,7 @@ DIFFERENCES = [
     "value clipping: ours off; TRL always clips (cliprange_value set to 1e6 to switch it off)",
     "optimizer: both Adam, lr 1e-4 constant, eps 1e-5 (TRL: AdamW with weight decay 0, schedule 'constant')",
     "TRL settings that would make it slower and are switched off: gradient checkpointing (TRL default on), bf16 "
-    "autocast (TRL default on), sample generations; rollout in one batch (local_rollout_forward_batch_size = batch)",
+    "autocast (TRL default on) in the float32 entries, sample generations; rollout in one batch (local_rollout_forward_batch_size = batch)",
     "prompt sampling: ours draws prompts with replacement, TRL shuffles the dataset per epoch (same count)",
     "precision: each entry's setting.dtype, the same on both sides: float32, or bfloat16 (ours: bf16 operands with "
     "float32 accumulation and float32 master weights; TRL: its bf16 autocast)",

@@ -94,8 +94,9 @@ def mfu_section(data: dict, title: str) -> list[str]:
         f"Load average (1/5/15 min) at start {_load_text(data['machine'].get('load_average_at_start'))}, "
         f"at end {_load_text(data.get('load_average_at_end'))}.",
         "",
-        "| setting | dtype | rollout MFU | teacher-forced MFU | update MFU | iteration MFU | iteration episodes/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| setting | dtype | rollout MFU | teacher-forced MFU | update MFU | iteration MFU | iteration episodes/s | "
+        "iteration episodes/s, `bitwise_across_devices` |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for entry in data.get("settings", []):
         model, phases = entry["model"], entry["phases"]
@@ -104,7 +105,8 @@ def mfu_section(data: dict, title: str) -> list[str]:
         lines.append(
             f"| {entry['name']} (GPT-2 {model['n_layer']}×{model['d_model']}, {model['episodes']} episodes, "
             f"minibatch {model['minibatch']}) | {entry['dtype']} | " + " | ".join(cells)
-            + f" | {phases['iteration']['episodes_per_s']:,.1f} |"
+            + f" | {phases['iteration']['episodes_per_s']:,.1f} | "
+            + (f"{phases['iteration_bitwise']['episodes_per_s']:,.1f} |" if "iteration_bitwise" in phases else "– |")
         )
     lines += ["", "MFU = analytic FLOPs (2N per token forward, 6N with backward, plus attention) / best time / "
               "measured GEMM peak of the same dtype, all interleaved in one run. 'per CPU-s': the same ratio per "
@@ -120,7 +122,9 @@ def profile_lines(data: dict) -> list[str]:
     return [
         "",
         f"Where the update's time goes (`benchmarks/profile_update.py`, {setting['name']} {setting['dtype']}, "
-        f"XLA op trace of the vmapped update): {shares}{rate_text}.",
+        f"XLA op trace of the vmapped update; {data['machine'].get('date', '?')[:10]}, commit "
+        f"{str(data['machine'].get('git_sha', '?'))[:10]}, sweep compiled with YNNPACK fusions off as the opt-in now does, "
+        f"load at start {_load_text(data['machine'].get('load_average_at_start'))}): {shares}{rate_text}.",
     ]
 
 
