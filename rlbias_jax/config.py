@@ -72,7 +72,11 @@ class RunConfig:
 class TaskConfig:
     """The toy tasks of SPEC §3 (or the NL prefix tasks of SPEC §6)."""
 
-    task_ids: tuple[int, ...] = (1, 2, 3, 5)
+    task_ids: tuple[int, ...] = (1, 2, 3, 5)  # toy: the original tasks 1-5 (aliases of their feature pairs)
+    # Toy only (docs/features.md): more tasks as [t, s] feature names, e.g. [["count-1>=2", "contains-2"]],
+    # and the Python modules (names, or .py paths) that register features, imported first.
+    task_pairs: tuple[tuple[str, ...], ...] = ()
+    plugins: tuple[str, ...] = ()
     vocab_size: int = 10  # number of symbols V
     seq_len: int = 10
     # Training set: fixed size, a fraction `s_only_rate` of s-only examples, the rest
@@ -89,7 +93,8 @@ class TaskConfig:
 
     def validate(self, experiment: str) -> None:
         allowed = TOY_TASK_IDS if experiment == "toy" else NL_TASK_IDS
-        _require(len(self.task_ids) > 0, "task.task_ids", "must list at least one task id")
+        _require(len(self.task_ids) + len(self.task_pairs) > 0, "task.task_ids", "must list at least one task (or task.task_pairs)")
+        self._validate_pairs(experiment)
         for task_id in self.task_ids:
             _require(task_id in allowed, "task.task_ids", f"unknown task id {task_id} for run.experiment = {experiment!r}; known ids: {list(allowed)}")
         _require(len(set(self.task_ids)) == len(self.task_ids), "task.task_ids", "has duplicates")
@@ -99,6 +104,18 @@ class TaskConfig:
             # tasks 2-5 need two positions for the target feature and one for the spurious symbol
             _require(self.seq_len >= 3, "task.seq_len", f"must be >= 3 for toy tasks 2-5 (got {self.seq_len})")
         _positive(self, "task", "train_size", "test_size_both", "test_size_neither", "test_size_s_only", "test_size_t_only")
+
+    def _validate_pairs(self, experiment: str) -> None:
+        """The shape of task_pairs; feature names are checked by the toy experiment (plugins may add some)."""
+        if experiment != "toy":
+            _require(not self.task_pairs, "task.task_pairs", "is for run.experiment = 'toy' (NL tasks are task_ids)")
+            _require(not self.plugins, "task.plugins", "is for run.experiment = 'toy'")
+        for index, pair in enumerate(self.task_pairs):
+            field = f"task.task_pairs[{index}]"
+            _require(len(pair) == 2 and all(pair), field, f"must be [t, s], two feature names (got {list(pair)})")
+            _require(pair[0] != pair[1], field, f"t and s are the same feature {pair[0]!r}; a task needs two different features")
+        _require(len(set(self.task_pairs)) == len(self.task_pairs), "task.task_pairs", "has duplicates")
+        _require(all(self.plugins), "task.plugins", "must list module names or .py paths")
 
     def test_sizes(self) -> dict[str, int]:
         return {

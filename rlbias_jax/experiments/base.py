@@ -63,10 +63,10 @@ class RunSpec:
 
 
 def run_specs(config: Config, task_names: Mapping[int, str]) -> list[RunSpec]:
-    """Runs in a fixed order: task, then rate, then seed."""
+    """Runs in a fixed order: task (as `task_names`, the configured tasks, orders them), then rate, then seed."""
     return [
-        RunSpec(task_id=task_id, task_name=task_names[task_id], s_only_rate=rate, rate_index=rate_index, seed=seed)
-        for task_id in config.task.task_ids
+        RunSpec(task_id=task_id, task_name=task_name, s_only_rate=rate, rate_index=rate_index, seed=seed)
+        for task_id, task_name in task_names.items()
         for rate_index, rate in enumerate(config.sweep.s_only_rates)
         for seed in range(config.sweep.seeds)
     ]
@@ -92,7 +92,7 @@ class Experiment(Protocol):
     """The parts of an experiment the runner cannot know (docs/experiments: toy.py, nl.py)."""
 
     config: Config
-    task_names: Mapping[int, str]
+    task_names: Mapping[int, str]  # the configured tasks, in order: id -> name
 
     def check_inputs(self) -> None:
         """The files and folders the config names exist; ConfigError naming the field (before any compute)."""

@@ -202,7 +202,7 @@ class NLExperiment:
 
     def __init__(self, config: Config):
         self.config = config
-        self.task_names = nl_tasks.TASK_NAMES
+        self.task_names = {task_id: nl_tasks.TASK_NAMES[task_id] for task_id in config.task.task_ids}  # configured, in order
         self.setup: NLSetup | None = None
         self.task_data: dict[int, nl_tasks.NLTaskData] = {}
 

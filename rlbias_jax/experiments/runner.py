@@ -132,7 +132,7 @@ def measure_extractability(experiment: Experiment, key: jax.Array, *, progress: 
     config = experiment.config.validate()
     code = OnlineCode(experiment.probe_model(), make_schedule(config), block_ends(config.probe.probe_size),
                       vectorize=config.probe.vectorize)
-    tasks = ((task_id, lambda task_id=task_id: experiment.probe_task(key, task_id)) for task_id in config.task.task_ids)
+    tasks = ((task_id, lambda task_id=task_id: experiment.probe_task(key, task_id)) for task_id in experiment.task_names)
     return measure(code, experiment.probe_mode, config.probe.seeds, tasks, min_accuracy=config.probe.min_accuracy,
                    progress=progress)
 
@@ -145,7 +145,7 @@ def run_probe_phase(experiment: Experiment, run_dir: Path, manifest: dict, progr
         progress("extractability: already measured, skipping (resume)")
         return
     started = time.perf_counter()
-    progress(f"extractability: MDL probes ({experiment.probe_mode} mode, {config.probe.seeds} seeds) for tasks {list(config.task.task_ids)}")
+    progress(f"extractability: MDL probes ({experiment.probe_mode} mode, {config.probe.seeds} seeds) for tasks {list(experiment.task_names)}")
     result = measure_extractability(experiment, jax.random.key(config.run.seed + 1), progress=progress)
     if distributed.is_writer():
         result.write(run_dir)

@@ -28,6 +28,7 @@ from rlbias_jax.rl.ppo import make_optimizer
 from rlbias_jax.rl.rewards import batch_reward
 from rlbias_jax.rl.train import Policy, RunData, RunState, init_run_state
 from rlbias_jax.tasks import toy as toy_tasks
+from rlbias_jax.tasks.catalogue import configured_tasks
 
 
 def toy_model_config(config: Config) -> GPT2Config:
@@ -70,7 +71,7 @@ def toy_policy(config: Config) -> tuple[PolicyValueModel, GPT2Config, Policy]:
     return model, model_config, policy
 
 
-def probing_set(key: jax.Array, task_id: int, probe: str, size: int, vocab_size: int, seq_len: int):
+def probing_set(key: jax.Array, task: toy_tasks.ToyTask | int, probe: str, size: int, vocab_size: int, seq_len: int):
     """The s- or t-probing set of a toy task: tokens int32[size, seq_len], labels int32[size].
 
     size // 2 positives (label 1) then the rest negatives; the online code shuffles.
@@ -78,8 +79,8 @@ def probing_set(key: jax.Array, task_id: int, probe: str, size: int, vocab_size:
     positive, negative = PROBE_PARTITIONS[probe]
     num_positive = size // 2
     tokens = jnp.concatenate([
-        toy_tasks.sample_partition(jax.random.fold_in(key, 1), task_id, positive, num_positive, vocab_size, seq_len),
-        toy_tasks.sample_partition(jax.random.fold_in(key, 0), task_id, negative, size - num_positive, vocab_size, seq_len),
+        toy_tasks.sample_partition(jax.random.fold_in(key, 1), task, positive, num_positive, vocab_size, seq_len),
+        toy_tasks.sample_partition(jax.random.fold_in(key, 0), task, negative, size - num_positive, vocab_size, seq_len),
     ])
     labels = jnp.concatenate([jnp.ones(num_positive, jnp.int32), jnp.zeros(size - num_positive, jnp.int32)])
     return tokens, labels
@@ -98,7 +99,9 @@ class ToyExperiment:
 
     def __init__(self, config: Config):
         self.config = config
-        self.task_names = toy_tasks.TASK_NAMES
+        # the configured tasks (task_ids, then task_pairs), checked: one-line ConfigErrors before any compute
+        self.tasks = {task.task_id: task for task in configured_tasks(config.task)}
+        self.task_names = {task_id: task.name for task_id, task in self.tasks.items()}
         self.model, self.model_config, self.policy = toy_policy(config)
 
     def check_inputs(self) -> None:
@@ -128,7 +131,7 @@ class ToyExperiment:
     def probe_task(self, key: jax.Array, task_id: int) -> ProbeTask:
         task = self.config.task
         data_key, order_key, init_key, train_key, model_key = jax.random.split(jax.random.fold_in(key, task_id), 5)
-        sets = [probing_set(jax.random.fold_in(data_key, p), task_id, probe, self.config.probe.probe_size,
+        sets = [probing_set(jax.random.fold_in(data_key, p), self.tasks[task_id], probe, self.config.probe.probe_size,
                             task.vocab_size, task.seq_len) for p, probe in enumerate(PROBES)]
         features_fn = None
         if self.config.probe.mode == "frozen":
@@ -165,12 +168,12 @@ class ToyExperiment:
         base = jax.random.key(self.config.run.seed)
         task = self.config.task
         prompts, labels = [], []
-        for task_id in task.task_ids:
+        for task_id in self.task_names:
             task_specs = [spec for spec in specs if spec.task_id == task_id]
             keys = jnp.stack([stream(base, KeyTag.DATA, task_id, spec.seed) for spec in task_specs])
             rates = jnp.asarray([spec.s_only_rate for spec in task_specs], jnp.float32)
             build = jax.vmap(functools.partial(
-                toy_tasks.make_training_set, task_id=task_id, train_size=task.train_size, vocab_size=task.vocab_size,
+                toy_tasks.make_training_set, task=self.tasks[task_id], train_size=task.train_size, vocab_size=task.vocab_size,
                 seq_len=task.seq_len,
             ))
             sets = build(keys, s_only_rate=rates)
@@ -190,9 +193,9 @@ class ToyExperiment:
     def _test_sets(self) -> dict[int, dict[str, jax.Array]]:
         base, task = jax.random.key(self.config.run.seed), self.config.task
         return {
-            task_id: toy_tasks.make_test_sets(stream(base, KeyTag.TEST, task_id), task_id, task.test_sizes(), task.vocab_size,
+            task_id: toy_tasks.make_test_sets(stream(base, KeyTag.TEST, task_id), self.tasks[task_id], task.test_sizes(), task.vocab_size,
                                               task.seq_len)
-            for task_id in task.task_ids
+            for task_id in self.task_names
         }
 
     def test_prompts(self, task_id: int, partition: str) -> jax.Array:
@@ -204,7 +207,7 @@ class ToyExperiment:
     def sweep_description(self, specs: list[RunSpec]) -> str:
         config = self.config
         return (
-            f"RL sweep: {len(specs)} runs ({len(config.task.task_ids)} tasks × {len(config.sweep.s_only_rates)} rates × "
+            f"RL sweep: {len(specs)} runs ({len(self.task_names)} tasks × {len(config.sweep.s_only_rates)} rates × "
             f"{config.sweep.seeds} seeds) as one program on {{devices}} device(s); "
             f"{self.model_config.num_params():,} parameters per policy"
         )
