@@ -5,6 +5,7 @@
     rlbias probe CONFIG     extractability (MDL) only
     rlbias report RUN_DIR…  (re)write report.md/report.html from run directories
     rlbias validate CONFIG  check a config and print the resolved values
+    rlbias reproduce RUN_DIR  re-run a finished run from its saved config and compare results.csv
 
 User errors (bad config, existing run directory, missing files) print one line
 and exit with status 2; no traceback.
@@ -56,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md/report.html from run directories", description="write report.md/report.html from run directories")
     report.add_argument("run_dirs", nargs="+", type=Path, help="one or more runs/<name> directories")
     report.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first run directory)")
+
+    reproduce = commands.add_parser("reproduce", help="re-run a finished run from its saved config and compare its results.csv",
+                                    description="re-run a finished run from its saved config and compare its results.csv "
+                                                "(bitwise on the same platform and package versions, else against the seed "
+                                                "standard error); writes RUN_DIR/reproduce.json (docs/reproduce.md)")
+    reproduce.add_argument("run_dir", type=Path, help="a finished runs/<name> directory")
+    reproduce.add_argument("--runs", type=int, default=None, metavar="K",
+                           help="re-run only K runs, chosen deterministically (evenly spaced in task, rate, seed order)")
+    reproduce.add_argument("--keep", action="store_true", help="keep the re-run's directory (a hidden sibling of RUN_DIR)")
 
     validate = commands.add_parser("validate", help="check a config and print the resolved values", description="check a config and print the resolved values")
     _add_config_arguments(validate)
@@ -122,6 +132,14 @@ def _dispatch(args) -> int:
         path = write_report(list(args.run_dirs), args.out)
         print(f"report: {path}")
         return 0
+    if args.command == "reproduce":
+        from rlbias_jax.experiments.reproduce import reproduce, verdict_lines
+
+        document = reproduce(args.run_dir, args.runs, keep=args.keep)
+        for line in verdict_lines(document):
+            print(line)
+        print(f"written: {args.run_dir / 'reproduce.json'}")
+        return 0 if document["verdict"] == "reproduced" else 1
     raise AssertionError(args.command)
 
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 TOY_TASK_IDS = (1, 2, 3, 4, 5)
 NL_TASK_IDS = (1, 2, 5, 6, 22, 23, 24, 28)  # rlbias_jax.tasks.nl.TASK_NAMES
 REWARD_CONDITIONS = ("label", "always_positive")
+ALGORITHMS = ("ppo", "grpo", "rloo")
+CRITIC_FREE_GROUP_SIZE = 8  # algorithm.group_size = 0 (auto): G for grpo and rloo; ppo samples each prompt once
 
 
 class ConfigError(ValueError):
@@ -216,6 +218,64 @@ class PPOConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+    """The RL algorithm (docs/algorithms.md). PPO is the paper's (SPEC §4); GRPO and RLOO are
+    critic-free: G responses per prompt, the group's rewards are each other's baseline, and
+    the value head is unused. Every algorithm shares the `[ppo]` sampler, episodes per
+    iteration (counted in responses), minibatches, epochs, clip, entropy bonus, optimizer
+    and the reward-side KL (ppo.kl_coef); GAE, value loss and whitening are PPO's only."""
+
+    name: str = "ppo"  # "ppo" | "grpo" | "rloo" (ALGORITHMS; checked in validate, with the known names)
+    # G, responses sampled per prompt (each prompt repeated G times within an iteration);
+    # 0 = the algorithm's default: 1 for ppo, CRITIC_FREE_GROUP_SIZE (8) for grpo and rloo.
+    group_size: int = 0
+    # GRPO only: "std" = (r - mean) / (std + 1e-4), std with Bessel's correction (DeepSeekMath,
+    # TRL); "none" = r - mean (no division; Liu et al. 2025, "Dr. GRPO").
+    normalisation: Literal["std", "none"] = "std"
+    # GRPO and RLOO: "clipped" = PPO's clipped surrogate on the group advantages; "reinforce" =
+    # the unclipped importance-weighted form, the REINFORCE gradient on the first minibatch.
+    objective: Literal["clipped", "reinforce"] = "clipped"
+    # GRPO and RLOO: beta of the k3 KL to the reference (the initial policy) in the loss
+    # (DeepSeekMath: 0.04); 0 = none. PPO's KL penalty is ppo.kl_coef, in the reward.
+    kl_coef: float = 0.0
+
+    @property
+    def critic_free(self) -> bool:
+        return self.name != "ppo"
+
+    def samples_per_prompt(self) -> int:
+        if self.group_size > 0:
+            return self.group_size
+        return CRITIC_FREE_GROUP_SIZE if self.critic_free else 1
+
+    def validate(self, ppo: "PPOConfig") -> None:
+        _require(self.name in ALGORITHMS, "algorithm.name", f"unknown algorithm {self.name!r}; known: {', '.join(ALGORITHMS)}")
+        _require(self.group_size >= 0, "algorithm.group_size", f"must be >= 0 (0 = the algorithm's default; got {self.group_size})")
+        group = self.samples_per_prompt()
+        _require(ppo.episodes_per_iteration % group == 0, "algorithm.group_size",
+                 f"({group}) must divide ppo.episodes_per_iteration ({ppo.episodes_per_iteration}): episodes count responses, "
+                 "G per prompt")
+        _require(self.normalisation in ("std", "none"), "algorithm.normalisation", f"unknown value {self.normalisation!r}; known: std, none")
+        _require(self.objective in ("clipped", "reinforce"), "algorithm.objective", f"unknown value {self.objective!r}; known: clipped, reinforce")
+        _require(self.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0 (got {self.kl_coef})")
+        if self.critic_free:
+            _require(group >= 2, "algorithm.group_size",
+                     f"must be >= 2 for {self.name} (the group is the baseline; got {group})")
+        else:
+            # settings ppo would ignore are rejected rather than silently dropped
+            _require(self.objective == "clipped", "algorithm.objective", f"{self.objective!r} applies to grpo and rloo; ppo is clipped")
+            _require(self.kl_coef == 0, "algorithm.kl_coef", "applies to grpo and rloo; ppo's KL penalty is ppo.kl_coef")
+        if self.name != "grpo":
+            _require(self.normalisation == "std", "algorithm.normalisation",
+                     f"{self.normalisation!r} applies to grpo only (rloo's baseline is leave-one-out, ppo's advantages are GAE)")
+
+
+def reference_needed(config: "Config") -> bool:
+    """Whether the runs need their KL reference (the initial policy): a reward-side or loss-side KL."""
+    return config.ppo.kl_coef > 0 or (config.algorithm.critic_free and config.algorithm.kl_coef > 0)
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepConfig:
     s_only_rates: tuple[float, ...] = (0.0, 0.01, 0.1, 0.5)
     seeds: int = 2
@@ -311,6 +371,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
     sweep: SweepConfig = SweepConfig()
     eval: EvalConfig = EvalConfig()
     probe: ProbeConfig = ProbeConfig()
@@ -321,6 +382,7 @@ class Config:
         self.model.validate()
         self.reward.validate()
         self.ppo.validate()
+        self.algorithm.validate(self.ppo)
         self.sweep.validate()
         self.eval.validate()
         self.probe.validate()

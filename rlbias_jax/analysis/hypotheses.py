@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from rlbias_jax.analysis import stats
+from rlbias_jax.analysis import algorithms, stats
 from rlbias_jax.analysis.behaviour import LEARNED
 from rlbias_jax.analysis.tables import ReportError
 
@@ -134,7 +134,8 @@ def build_points(runs: pd.DataFrame, extractability: pd.DataFrame | None, thresh
     pooled=False: one point per (group, task); pooled=True: one per (model, task name),
     replicates pooled. `thresholds`: eval.use_target_threshold per group.
     """
-    keys = ["model", "task_name"] if pooled else ["group", "task_name"]
+    # runs of different algorithms are never replicates (analysis.algorithms)
+    keys = [k for k in ("model", "algorithm", "task_name") if k in runs.columns] if pooled else ["group", "task_name"]
     points = []
     for _, rows in runs.groupby(keys, sort=False):
         groups = tuple(dict.fromkeys(rows["group"]))
@@ -369,6 +370,7 @@ def stats_document(
     scopes = {group: (runs["group"] == group, False) for group in groups}
     if len(groups) > 1:
         scopes[POOLED] = (pd.Series(True, index=runs.index), True)
+    scopes.update(algorithms.algorithm_scopes(runs))
     tests = []
     for decoding in decodings:
         for scope, (mask, pooled) in scopes.items():
@@ -376,9 +378,9 @@ def stats_document(
             if rows.empty:
                 continue
             points = build_points(rows, extractability, thresholds, pooled)
-            if extractability is not None:
-                tests += [h1_test(points, scope, decoding, view, include_censored, n_boot, seed) for view in H1_VIEWS]
-            tests.append(h2_test(points, scope, decoding, n_boot, seed))
+            scope_tests = [h1_test(points, scope, decoding, view, include_censored, n_boot, seed) for view in H1_VIEWS] if extractability is not None else []
+            scope_tests.append(h2_test(points, scope, decoding, n_boot, seed))
+            tests += [{**test, "algorithm": algorithms.scope_algorithm(rows)} for test in scope_tests]
     return {
         "schema": "rlbias_jax stats v1",
         "alpha": stats.ALPHA,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlbias_jax.analysis import behaviour as behaviours
-from rlbias_jax.analysis import figures, hypotheses
+from rlbias_jax.analysis import algorithms, figures, hypotheses
 from rlbias_jax.analysis.document import Alert, Block, Code, Heading, Image, Paragraph, Table, to_html, to_markdown
 from rlbias_jax.analysis.hypotheses import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, H1_VIEWS, POOLED
 from rlbias_jax.analysis.stats import ALPHA, EXACT_MAX_N, PERMUTATIONS, summarise_scores
@@ -106,6 +106,7 @@ def behaviour_table(
         part = scores[run.group].copy()
         part["behaviour"] = behaviours.classify_runs(part, thresholds[run.group].behaviour)
         part["model"] = run.model
+        part["algorithm"] = algorithms.run_algorithm(run.config)
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)
     table["use_spurious"] = behaviours.use_spurious(table["s_only"], table["t_only"])
@@ -769,6 +770,7 @@ def build_blocks(analysis: Analysis, figure_paths: dict[str, str]) -> list[Block
     blocks += _baseline_section(analysis)
     blocks += _h1_section(analysis, figure_paths)
     blocks += _h2_section(analysis, figure_paths)
+    blocks += algorithms.section(analysis.stats, analysis.behaviour, analysis.decodings, figure_paths)
     blocks += _curves_section(analysis, figure_paths)
     blocks += _config_section(analysis)
     return blocks
@@ -811,6 +813,10 @@ def write_figures(analysis: Analysis, directory: Path) -> dict[str, str]:
     if analysis.extractability is not None and not analysis.extractability.empty:
         notes = sorted(set(analysis.extractability_notes.values()) - {"no extractability.csv"})
         keep("c", figures.figure_extractability_bars(analysis.extractability, "; ".join(notes)), "c_relative_extractability")
+    if algorithms.several_algorithms(analysis.stats):
+        figure = algorithms.figure_use_by_algorithm(analysis.stats, analysis.headline_decoding, analysis.experiment)
+        if figure is not None:
+            keep(algorithms.FIGURE_KEY, figure, "e_use_vs_extractability_by_algorithm")
     for run in analysis.runs:
         curves = _kept_curves(run, analysis.filtered.kept)
         if curves is not None:

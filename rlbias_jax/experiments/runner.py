@@ -17,7 +17,7 @@ import jax
 import tomli_w
 
 from rlbias_jax import distributed
-from rlbias_jax.config import Config
+from rlbias_jax.config import AlgorithmConfig, Config
 from rlbias_jax.experiments.base import Experiment, Progress, run_specs
 from rlbias_jax.experiments.sweep_phase import run_sweep_phase
 from rlbias_jax.probing.blocks import block_ends
@@ -97,7 +97,9 @@ def start_run(config: Config, *, resume: bool, overwrite: bool, out_dir: str | N
     run_dir = check_run_dir(root, config.run.name, resume=resume, overwrite=overwrite)
     if resume:
         manifest = read_manifest(run_dir)
-        changed = config_differences(resume_key(manifest.get("config") or {}), resume_key(config.to_dict()))
+        saved = dict(manifest.get("config") or {})
+        saved.setdefault("algorithm", dataclasses.asdict(AlgorithmConfig()))  # runs made before [algorithm] existed: PPO
+        changed = config_differences(resume_key(saved), resume_key(config.to_dict()))
         if changed:
             shown = ", ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
             raise RunDirError(f"cannot resume {run_dir}: the configuration differs from the one it was started with ({shown})")
@@ -159,8 +161,11 @@ def run_probe_phase(experiment: Experiment, run_dir: Path, manifest: dict, progr
 
 
 def run_experiment(config: Config, *, resume: bool = False, overwrite: bool = False, out_dir: str | None = None,
-                   probe: bool | None = None, report: bool | None = None, progress: Progress = default_progress) -> RunOutcome:
-    """Every phase of one experiment into runs/<name>/ (docs/run_directory.md)."""
+                   probe: bool | None = None, report: bool | None = None, progress: Progress = default_progress,
+                   run_indices: list[int] | None = None) -> RunOutcome:
+    """Every phase of one experiment into runs/<name>/ (docs/run_directory.md).
+
+    `run_indices`: train only these runs (positions in `run_specs` order; `rlbias reproduce --runs`)."""
     wall_started = time.perf_counter()
     distributed.initialize(config.run)  # before any device is used
     experiment = make_experiment(config)
@@ -173,7 +178,10 @@ def run_experiment(config: Config, *, resume: bool = False, overwrite: bool = Fa
         experiment.prepare(progress)
         if config.run.probe if probe is None else probe:
             run_probe_phase(experiment, run_dir, manifest, progress)
-        results = run_sweep_phase(experiment, run_specs(config, experiment.task_names), run_dir, manifest, progress, resume)
+        specs = run_specs(config, experiment.task_names)
+        if run_indices is not None:
+            specs = [specs[index] for index in run_indices]
+        results = run_sweep_phase(experiment, specs, run_dir, manifest, progress, resume)
         manifest["status"] = "complete"
         manifest["finished_at"] = now_iso()
         manifest["wall_time_s"] = round(time.perf_counter() - wall_started, 2)  # of this invocation (a resumed run: since resuming)

@@ -193,8 +193,10 @@ def run_sweep_phase(experiment: Experiment, specs: list[RunSpec], run_dir: Path,
     states, data = place(initial_states), place(data)
     shared_placed = place(shared.value) if shared.per_run and shared.value is not None else shared.value
     train_chunk = sweep.make_train_chunk(experiment.build_policy, config.ppo, shared.axis,
-                                         bitwise_across_devices=config.run.bitwise_across_devices)
-    progress(experiment.sweep_description(specs).format(devices=mesh.size))
+                                         bitwise_across_devices=config.run.bitwise_across_devices, algorithm=config.algorithm)
+    algorithm = config.algorithm
+    algorithm_note = f"; {algorithm.name}, G = {algorithm.samples_per_prompt()} responses per prompt" if algorithm.critic_free else ""
+    progress(experiment.sweep_description(specs).format(devices=mesh.size) + algorithm_note)
     checkpoints = SweepCheckpoints(run_dir / "checkpoints", config.run.checkpoint_keep, config.run.checkpoint_every_s)
     curves: list[dict] = []
     start_iteration = 0

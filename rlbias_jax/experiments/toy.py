@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rlbias_jax.config import Config, ConfigError
+from rlbias_jax.config import Config, ConfigError, reference_needed
 from rlbias_jax.experiments.base import KeyTag, Progress, RunSpec, Shared, stream
 from rlbias_jax.models.gpt2 import GPT2, GPT2Config
 from rlbias_jax.models.heads import PolicyValueModel
@@ -183,7 +183,7 @@ class ToyExperiment:
 
     def shared(self, specs: list[RunSpec]) -> Shared:
         """The KL reference: each run's own initial parameters (None without a KL penalty)."""
-        reference = self._initial_params(specs) if self.config.ppo.kl_coef > 0 else None
+        reference = self._initial_params(specs) if reference_needed(self.config) else None
         return Shared(value=reference, per_run=True)
 
     def build_policy(self, reference) -> tuple[Policy, object]:

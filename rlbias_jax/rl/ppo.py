@@ -1,4 +1,5 @@
-"""PPO for language models: losses and the epoch × minibatch update (SPEC §4).
+"""PPO for language models: losses and the epoch × minibatch update (SPEC §4), shared with
+the critic-free algorithms (rl.critic_free).
 
 Conventions of TRL's original PPO trainer and lm-human-preferences: every
 response token is an action; the value head predicts, at the position that
@@ -32,6 +33,9 @@ class Episodes:
     # What the loss's model reads instead of `tokens` (e.g. cached features of a frozen trunk,
     # [B, P + N, ...]); None = the tokens themselves.
     inputs: object = None
+    # The KL reference's log-probs of the response tokens, float32[B, N], for a loss-side KL
+    # (GRPO/RLOO, rl.critic_free); None = none.
+    ref_logprobs: object = None
 
 
 @flax.struct.dataclass
@@ -124,12 +128,16 @@ def ppo_update(
     config: PPOConfig,
     eos_id: int | None = None,
     min_new_tokens: int = 0,
+    loss_fn: Callable = ppo_loss,
 ) -> tuple[TrainState, dict]:
     """`config.epochs` passes over shuffled minibatches of episodes; statistics averaged.
-    `eos_id`, `min_new_tokens`: the sampler's EOS suppression (see `response_statistics`)."""
+    `eos_id`, `min_new_tokens`: the sampler's EOS suppression (see `response_statistics`).
+    `loss_fn(params, apply_fn, minibatch, config, eos_id, min_new_tokens) -> (loss, stats)`:
+    PPO's by default; GRPO and RLOO pass theirs (`rl.critic_free.critic_free_loss`), so every
+    algorithm shares the minibatches, epochs, gradient clipping and optimizer."""
     batch_size = episodes.tokens.shape[0]
     n_minibatches = batch_size // config.minibatch_size
-    grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def minibatch_step(train_state: TrainState, minibatch: Episodes):
         (_, stats), grads = grad_fn(train_state.params, apply_fn, minibatch, config, eos_id, min_new_tokens)

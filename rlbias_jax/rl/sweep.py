@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlbias_jax import distributed
-from rlbias_jax.config import PPOConfig
+from rlbias_jax.config import AlgorithmConfig, PPOConfig
 from rlbias_jax.rl.train import RunData, RunState, evaluate_partition, ppo_iteration
 
 
@@ -74,8 +74,11 @@ def shard_runs(tree, mesh: Mesh):
 
 
 def make_train_chunk(build_policy: Callable, config: PPOConfig, shared_axis: int | None, *,
-                     bitwise_across_devices: bool = False) -> Callable:
+                     bitwise_across_devices: bool = False, algorithm: AlgorithmConfig | None = None) -> Callable:
     """jit(vmap(scan(ppo_iteration))) per device: (states[R], data[R], shared, length) -> (states, metrics[R, length]).
+
+    `algorithm` (the config's `[algorithm]`; None = PPO) picks PPO, GRPO or RLOO inside the
+    same program: the iteration's advantages and loss differ, nothing else.
 
     build_policy(shared) -> (Policy, reference parameters or None): what one run's
     iterations need from its view of `shared` — the frozen weights, the KL reference and
@@ -89,7 +92,7 @@ def make_train_chunk(build_policy: Callable, config: PPOConfig, shared_axis: int
             policy, reference_params = build_policy(run_shared)
 
             def body(carry: RunState, _):
-                return ppo_iteration(carry, run_data, reference_params, policy, config)
+                return ppo_iteration(carry, run_data, reference_params, policy, config, algorithm)
 
             return jax.lax.scan(body, state, None, length=length)
 

@@ -1,4 +1,4 @@
-"""One PPO iteration of one run: sample prompts, roll out, score, compute advantages, update.
+"""One iteration of one run (PPO, GRPO or RLOO): sample prompts, roll out, score, compute advantages, update.
 
 Everything here is a pure function of explicit state and keys; `rlbias_jax.rl.sweep`
 vmaps it over runs and scans it over iterations.
@@ -7,6 +7,7 @@ vmaps it over runs and scans it over iterations.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import flax.struct
@@ -14,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlbias_jax.config import PPOConfig
+from rlbias_jax.config import AlgorithmConfig, PPOConfig
 from rlbias_jax.models.sampling import SamplingConfig, generate
 from rlbias_jax.rl.gae import masked_gae, whiten
 from rlbias_jax.rl.kl import adaptive_kl_update, kl_per_token
-from rlbias_jax.rl.ppo import Episodes, TrainState, masked_mean, ppo_update, response_statistics
+from rlbias_jax.rl.critic_free import critic_free_loss, sequence_advantages
+from rlbias_jax.rl.ppo import Episodes, TrainState, masked_mean, ppo_loss, ppo_update, response_statistics
 
 # score(responses int32[B, N], mask bool[B, N], labels int32[B], prompts int32[B, P]) -> float32[B]
 ScoreFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -94,20 +96,31 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves))
 
 
+def sample_prompt_indices(key: jax.Array, num_prompts: int, batch: int, group_size: int) -> jax.Array:
+    """int32[batch]: batch / group_size training prompts drawn with replacement, each repeated
+    group_size times in a row (a group: the responses of one prompt are contiguous)."""
+    index = jax.random.randint(key, (batch // group_size,), 0, num_prompts)
+    return index if group_size == 1 else jnp.repeat(index, group_size)
+
+
 def ppo_iteration(
     state: RunState,
     data: RunData,
     reference_params,
     policy: Policy,
     config: PPOConfig,
+    algorithm: AlgorithmConfig | None = None,
 ) -> tuple[RunState, dict]:
-    """One PPO iteration. `reference_params` may be None when config.kl_coef == 0."""
+    """One iteration of the configured algorithm (PPO when `algorithm` is None; GRPO or RLOO:
+    docs/algorithms.md). `reference_params` may be None when no KL penalty is configured
+    (`rlbias_jax.config.reference_needed`)."""
+    algorithm = algorithm or AlgorithmConfig()
     key, data_key, sample_key, update_key = jax.random.split(state.key, 4)
     params = state.train.params
-    batch = config.episodes_per_iteration
+    batch = config.episodes_per_iteration  # responses: every algorithm spends the same sampling per iteration
 
-    # COLLECT EPISODES (with replacement from the fixed training set)
-    index = jax.random.randint(data_key, (batch,), 0, data.prompts.shape[0])
+    # COLLECT EPISODES (with replacement from the fixed training set; each prompt G times)
+    index = sample_prompt_indices(data_key, data.prompts.shape[0], batch, algorithm.samples_per_prompt())
     prompts, labels = data.prompts[index], data.labels[index]
     tokens, response, mask = rollout(policy, params, prompts, sample_key)
     scores = policy.score_fn(response, mask, labels, prompts)
@@ -118,26 +131,40 @@ def ppo_iteration(
     # the sampler's distribution: the same temperature and EOS suppression
     eos_rule = (policy.sampling.eos_id, policy.sampling.min_new_tokens)
     logprobs, values, _ = response_statistics(teacher_fn, params, tokens, config.response_len, config.temperature, inputs, *eos_rule)
-    if config.kl_coef > 0:
+    loss_side_kl = algorithm.critic_free and algorithm.kl_coef > 0
+    ref_logprobs = None
+    if config.kl_coef > 0 or loss_side_kl:
         ref_logprobs, _, _ = response_statistics(teacher_fn, reference_params, tokens, config.response_len, config.temperature,
                                                  inputs, *eos_rule)
+    if config.kl_coef > 0:
         kl = kl_per_token(logprobs, ref_logprobs, config.kl_estimator) * mask
     else:
         kl = jnp.zeros_like(logprobs)
     values = values * mask
 
     # ADVANTAGES
-    rewards = per_token_rewards(scores, kl, mask, state.kl_coef)
-    advantages = jax.vmap(masked_gae, in_axes=(0, 0, 0, None, None))(rewards, values, mask, config.gamma, config.gae_lambda)
-    returns = advantages + values
-    if config.normalize_advantages:
-        advantages = whiten(advantages, mask)
-    episodes = Episodes(tokens=tokens, response_mask=mask, logprobs=logprobs, values=values, advantages=advantages,
-                        returns=returns, inputs=inputs)
+    if algorithm.critic_free:
+        episodes = critic_free_episodes(tokens, mask, logprobs, scores, kl, state.kl_coef, algorithm, inputs,
+                                        ref_logprobs if loss_side_kl else None)
+        loss_fn = functools.partial(critic_free_loss, algorithm=algorithm)
+    else:
+        rewards = per_token_rewards(scores, kl, mask, state.kl_coef)
+        advantages = jax.vmap(masked_gae, in_axes=(0, 0, 0, None, None))(rewards, values, mask, config.gamma, config.gae_lambda)
+        returns = advantages + values
+        if config.normalize_advantages:
+            advantages = whiten(advantages, mask)
+        episodes = Episodes(tokens=tokens, response_mask=mask, logprobs=logprobs, values=values, advantages=advantages,
+                            returns=returns, inputs=inputs)
+        loss_fn = ppo_loss
+    returns = episodes.returns
 
     # UPDATE
-    new_train, stats = ppo_update(state.train, episodes, update_key, teacher_fn, policy.optimizer, config, *eos_rule)
+    new_train, stats = ppo_update(state.train, episodes, update_key, teacher_fn, policy.optimizer, config, *eos_rule,
+                                  loss_fn=loss_fn)
     mean_kl = (kl * mask).sum(axis=1).mean()
+    if loss_side_kl:
+        # log exactly the KL that is penalised: the loss's k3, summed over the response
+        stats["objective/kl_loss"] = (kl_per_token(logprobs, jnp.where(mask, ref_logprobs, logprobs), "k3") * mask).sum(axis=1).mean()
     kl_coef = state.kl_coef
     if config.adaptive_kl and config.kl_coef > 0:
         kl_coef = adaptive_kl_update(kl_coef, mean_kl, config.kl_target, config.kl_horizon, batch)
@@ -167,6 +194,16 @@ def ppo_iteration(
         "response/length": mask.sum(axis=1).mean(),
     })
     return new_state, stats
+
+
+def critic_free_episodes(tokens, mask, logprobs, scores, kl, kl_coef, algorithm: AlgorithmConfig, inputs, ref_logprobs) -> Episodes:
+    """GRPO/RLOO episodes: the group advantage of each response's reward (the score minus
+    β·Σ_t KL_t when ppo.kl_coef > 0) on every valid token; returns = that reward, values 0."""
+    rewards = scores - kl_coef * (kl * mask).sum(axis=1)
+    advantages = sequence_advantages(rewards, algorithm)
+    as_tokens = lambda per_response: per_response[:, None] * mask  # noqa: E731
+    return Episodes(tokens=tokens, response_mask=mask, logprobs=logprobs, values=jnp.zeros_like(logprobs),
+                    advantages=as_tokens(advantages), returns=as_tokens(rewards), inputs=inputs, ref_logprobs=ref_logprobs)
 
 
 def evaluate_partition(policy: Policy, params, prompts: jax.Array, labels: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
