@@ -4,7 +4,7 @@ import pytest
 
 from rlbias_jax.config import ConfigError, config_from_dict, load_config
 
-CONFIGS = ["configs/toy_smoke.toml", "configs/toy_default.toml", "configs/toy_paper.toml"]
+CONFIGS = ["configs/toy_smoke.toml", "configs/toy_default.toml", "configs/toy_paper.toml", "configs/toy_screen.toml", "configs/toy_h1.toml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS)

@@ -40,7 +40,7 @@ def summary_lines(results: list[dict], baseline: list[dict] | None = None) -> li
              f"{'task':<24}" + "".join(f"p={rate:<8g}" for rate in rates)]
     for task in tasks:
         cells = "".join(f"{np.mean(table[(task, rate)]):<10.3f}" for rate in rates)
-        lines.append(f"{task:<3}{names[task][:20]:<21}{cells}")
+        lines.append(f"{task:<3} {names[task][:20]:<20}{cells}")
     means = mean_scores(results)
     lines.append("mean score per partition (all rates and seeds): " + "; ".join(
         f"task {task} " + " ".join(f"{part}={means[(task, part)]:.2f}" for part in PARTITIONS)
@@ -55,11 +55,11 @@ def baseline_lines(baseline: list[dict], results: list[dict]) -> list[str]:
     """Mean score per task and partition before -> after training (sampled decoding)."""
     before, after = mean_scores(baseline), mean_scores(results)
     lines = ["score before -> after training (mean over rates and seeds, sampled decoding)",
-             f"{'task':<6}" + "".join(f"{part:<16}" for part in PARTITIONS)]
+             f"{'task':<7}" + "".join(f"{part:<16}" for part in PARTITIONS)]
     for task in sorted({task for task, _ in after}):
         cells = "".join(
             f"{before.get((task, part), float('nan')):.2f} -> {after[(task, part)]:.2f}    " if (task, part) in after else f"{'':16}"
             for part in PARTITIONS
         )
-        lines.append(f"{task:<6}{cells}")
+        lines.append(f"{task:<6} {cells}")
     return lines
