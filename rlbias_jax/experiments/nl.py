@@ -114,7 +114,10 @@ class NLSetup:
 
     def build_policy(self, shared: SharedParams) -> Policy:
         """The Policy of one program; `shared` may be traced (its arrays are arguments, not constants)."""
-        model = self.model
+        # with a frozen trunk, the sampler also returns the trunk's output (features_layer), which
+        # the teacher-forced passes reuse instead of running the trunk again
+        first = self.first_trainable_block if self.frozen else None
+        model = PolicyValueModel(self.model.lm, features_layer=first)
 
         def apply_fn(trainable, tokens, positions, mask, cache):
             params = merge_params(trainable, shared.frozen)
@@ -122,12 +125,12 @@ class NLSetup:
 
         features_fn = teacher_fn = None
         if self.frozen:
-            # frozen trunk once per iteration, trainable top per pass (rlbias_jax.models.split)
-            first = self.first_trainable_block
+            # trainable top per pass on the frozen trunk's output (rlbias_jax.models.split)
             response_len = self.config.ppo.response_len
 
             def features_fn(tokens):
-                return split.trunk(model.lm, shared.frozen["lm"], tokens, first)
+                # used only where the sampler's features are missing; the last token emits nothing
+                return split.trunk(model.lm, shared.frozen["lm"], tokens[:, :-1], first)
 
             def teacher_fn(trainable, features, positions, mask, cache):
                 del positions, mask, cache  # full, unpadded sequences

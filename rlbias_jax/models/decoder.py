@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rlbias_jax.models.kv_cache import KVCache, attention_bias, init_cache
-from rlbias_jax.models.layers import DTYPES, dense
+from rlbias_jax.models.layers import DTYPES, dense, matmul_f32_out
 
 
 @flax.struct.dataclass
@@ -199,7 +199,12 @@ class CausalLM(nn.Module):
 
     @nn.nowrap
     def logits_from_params(self, params: dict, hidden: jax.Array) -> jax.Array:
-        """`output_logits` on explicit LM params: hidden [B, T, D] -> logits [B, T, V] in hidden's dtype."""
+        """`output_logits` on explicit LM params: hidden [B, T, D] -> logits [B, T, V], in hidden's dtype,
+        or float32 for bfloat16 hidden (bf16 operands, float32 accumulation: `layers.matmul_f32_out`)."""
         if self.ties_output_head():
-            return hidden @ params[self.token_embedding_name]["embedding"].T.astype(hidden.dtype)
-        return hidden @ params[self.output_head_name]["kernel"].astype(hidden.dtype)
+            kernel = params[self.token_embedding_name]["embedding"].T
+        else:
+            kernel = params[self.output_head_name]["kernel"]
+        if hidden.dtype == jnp.bfloat16:
+            return matmul_f32_out(hidden, kernel.astype(jnp.bfloat16))
+        return hidden @ kernel.astype(hidden.dtype)
