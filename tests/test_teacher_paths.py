@@ -124,5 +124,6 @@ def test_the_iteration_takes_the_features_from_the_sampler(model_and_params):
     data = train.RunData(prompts=jax.random.randint(jax.random.key(6), (8, PROMPT), 0, VOCAB), labels=jnp.zeros(8, jnp.int32))
     _, stats = jax.jit(lambda s: train.ppo_iteration(s, data, params, policy, config))(state)
     assert trunk_calls == [] and np.isfinite(float(stats["loss/total"]))
-    # learning rate 0: the ratio is exactly 1 in every minibatch, as old log-probs and loss read the same features
-    assert float(stats["val/ratio"]) == 1.0 and float(stats["policy/approxkl"]) == 0.0
+    # learning rate 0: the ratio is 1 in every minibatch (to rounding: a minibatch is a smaller matmul than the
+    # batch), as the old log-probs and the loss read the same features
+    assert float(stats["val/ratio"]) == pytest.approx(1.0, abs=1e-5) and float(stats["policy/approxkl"]) < 1e-10
