@@ -1,7 +1,7 @@
 """Write the README's benchmark tables from the JSON the benchmarks wrote.
 
 The README shows only numbers that `benchmarks/*.py` produced: this script reads
-`benchmarks/results/{sweep_scaling,ppo_vs_trl,mfu,profile_update,bf16_vs_fp32,mfu_gpu,mfu_gpu_toy,gpu_toy_paper}.json` (whichever exist)
+`benchmarks/results/{sweep_scaling,ppo_vs_trl,mfu,profile_update,bf16_vs_fp32,nl_throughput,mfu_gpu,mfu_gpu_toy,gpu_toy_paper}.json` (whichever exist)
 and replaces the text between the two markers in README.md's "## Benchmarks" section.
 
     python3 scripts/make_benchmark_table.py            # rewrite README.md
@@ -182,6 +182,38 @@ def sweep_scaling_section(data: dict) -> list[str]:
     return lines
 
 
+def nl_throughput_section(data: dict) -> list[str]:
+    shapes, variants = data["shapes"], data["variants"]
+    phases = [phase for phase in ("rollout", "teacher_forced", "update") if phase in next(iter(variants.values()))]
+    loads = data.get("load_average_per_round", [])
+    load_text = ", ".join(f"{load[0]:.1f}" for load in loads) if loads else "?"
+    lines = [
+        "### NL training throughput, one run (SmolLM2-135M at nl_default's shapes), before vs after",
+        "",
+        f"Machine: {_machine_line(data['machine'])}. `benchmarks/nl_throughput.py` on `{data['config']}`: "
+        f"{shapes['episodes_per_iteration']} episodes of {shapes['prompt_len']} + {shapes['response_len']} tokens per "
+        f"iteration, top {shapes['trainable_layers']} blocks trained, {shapes['epochs']} epochs of minibatches of "
+        f"{shapes['minibatch_size']}. Every variant in one process, timed round-robin ({data['rounds']} rounds), "
+        f"medians; 1-min load average after each round: {load_text} (a shared 2-core machine: the ratios, measured "
+        "under the same load, are the result).",
+        "",
+        "| variant | " + " | ".join(f"{phase.replace('_', '-')} (ms)" for phase in phases)
+        + " | iteration (ms) | episodes/s | vs before |",
+        "|---|" + "---:|" * (len(phases) + 3),
+    ]
+    before = variants.get("before", {}).get("episodes_per_s")
+    for name, entry in variants.items():
+        per_iteration = entry["iteration"]["median_seconds"] / data["iterations_per_call"] * 1e3
+        ratio = f"{entry['episodes_per_s'] / before:.2f}×" if before else "?"
+        lines.append(f"| {name}: {data['notes'][name]} | "
+                     + " | ".join(f"{entry[phase]['median_seconds'] * 1e3:,.0f}" for phase in phases)
+                     + f" | {per_iteration:,.0f} | {entry['episodes_per_s']:.2f} | {ratio} |")
+    lines += ["", "Phases are jitted on their own; the iteration is the real sweep program with the variant's run "
+              "count. Teacher-forced = the trunk's output for the teacher passes + old log-probs and values + "
+              "reference log-probs; update = the epochs of forward + backward + Adam on the top."]
+    return lines
+
+
 def generate(results: Path = RESULTS) -> str:
     sections: list[list[str]] = []
     scaling = _load("sweep_scaling", results)
@@ -198,6 +230,9 @@ def generate(results: Path = RESULTS) -> str:
     bf16 = _load("bf16_vs_fp32", results)
     if bf16:
         sections.append(bf16_section(bf16))
+    nl_throughput = _load("nl_throughput", results)
+    if nl_throughput and nl_throughput.get("variants"):
+        sections.append(nl_throughput_section(nl_throughput))
     mfu_gpu = _load("mfu_gpu", results)
     if mfu_gpu:
         sections.append(mfu_section(mfu_gpu, "Achieved FLOP/s per phase against the measured peak (GPU)"))

@@ -46,3 +46,23 @@ def test_tables_show_the_json_numbers_and_keep_the_rest_of_the_readme(tmp_path):
 
 def test_no_results_says_so(tmp_path):
     assert "No benchmark results yet" in table.generate(tmp_path)
+
+
+def _nl_entry(episodes_per_s: float) -> dict:
+    phase = lambda ms: {"median_seconds": ms / 1e3}  # noqa: E731
+    return {"rollout": phase(500), "teacher_forced": phase(400), "update": phase(3000),
+            "iteration": phase(2 * 24 / episodes_per_s * 1e3), "episodes_per_s": episodes_per_s}
+
+
+def test_nl_throughput_table_shows_each_variant_and_the_ratio_to_before(tmp_path):
+    data = {"machine": MACHINE, "config": "configs/nl_default.toml", "rounds": 3, "iterations_per_call": 2,
+            "shapes": {"episodes_per_iteration": 24, "prompt_len": 12, "response_len": 8, "trainable_layers": 2,
+                       "epochs": 4, "minibatch_size": 8},
+            "notes": {"before": "the old path", "bf16": "the new path"},
+            "variants": {"before": _nl_entry(2.0), "bf16": _nl_entry(9.0)},
+            "load_average_per_round": [[5.5, 5, 5], [6.3, 6, 6]]}
+    (tmp_path / "nl_throughput.json").write_text(json.dumps(data))
+    block = table.generate(tmp_path)
+    assert "| before: the old path | 500 | 400 | 3,000 | 24,000 | 2.00 | 1.00× |" in block
+    assert "| bf16: the new path | 500 | 400 | 3,000 | 5,333 | 9.00 | 4.50× |" in block
+    assert "5.5, 6.3" in block

@@ -23,14 +23,22 @@ from rlbias_jax.rl.sweep import compiler_options, padded_run_count
 from subprocess_runs import TINY_BITWISE, assert_same_outputs, free_port, rlbias, subprocess_env
 
 
-def test_padding_gives_every_device_at_least_two_runs():
+def test_bitwise_padding_gives_every_device_at_least_two_runs():
     mesh = lambda size: types.SimpleNamespace(size=size)  # noqa: E731 — padded_run_count reads only .size
-    assert padded_run_count(4, mesh(1)) == 4
-    assert padded_run_count(4, mesh(4)) == 8  # a device with one run computes reductions in another order
-    assert padded_run_count(4, mesh(3)) == 6
-    assert padded_run_count(40, mesh(8)) == 40
+    bitwise = lambda runs, size: padded_run_count(runs, mesh(size), bitwise_across_devices=True)  # noqa: E731
+    assert bitwise(4, 1) == 4
+    assert bitwise(4, 4) == 8  # a device with one run computes reductions in another order
+    assert bitwise(4, 3) == 6
+    assert bitwise(40, 8) == 40
+    assert bitwise(41, 8) == 48
+    assert bitwise(1, 1) == 2
+
+
+def test_default_padding_only_fills_the_last_device():
+    mesh = lambda size: types.SimpleNamespace(size=size)  # noqa: E731
+    assert padded_run_count(1, mesh(1)) == 1  # a single run is not doubled by a padding run
+    assert padded_run_count(4, mesh(4)) == 4
     assert padded_run_count(41, mesh(8)) == 48
-    assert padded_run_count(1, mesh(1)) == 2
 
 
 def test_only_the_opt_in_switches_off_batch_shape_dependent_fusions():

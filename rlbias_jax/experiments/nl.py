@@ -88,6 +88,17 @@ def split_params(params: dict, trainable_layers: int) -> tuple[dict, dict]:
     return trainable, frozen
 
 
+def frozen_in_bfloat16(frozen: dict) -> dict:
+    """The frozen blocks' matmul kernels stored in bfloat16, for model.dtype = "bfloat16".
+
+    bf16 compute rounds every matmul operand to bf16 anyway; stored so, the kernels are not
+    converted again in every program and take half the memory traffic. The embedding table
+    stays float32 (its input rows are read in float32; stored in bf16, XLA converted the
+    whole table back to float32 once per program), as do the norm scales."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.astype(jnp.bfloat16) if getattr(path[-1], "key", None) == "kernel" else x, frozen)
+
+
 def merge_params(trainable: dict, frozen: dict) -> dict:
     """The full parameter tree again (a pure restructuring: no copies under jit)."""
     if not frozen:
@@ -114,7 +125,11 @@ class NLSetup:
 
     def build_policy(self, shared: SharedParams) -> Policy:
         """The Policy of one program; `shared` may be traced (its arrays are arguments, not constants)."""
-        model = self.model
+        # with a frozen trunk, apply_fn only samples (the teacher-forced passes run `split.top`): it also
+        # returns the trunk's output (features_layer), which those passes reuse instead of running the
+        # trunk again, and the logits of the last position only, the sampler's
+        first = self.first_trainable_block if self.frozen else None
+        model = PolicyValueModel(self.model.lm, features_layer=first, last_logits_only=bool(self.frozen))
 
         def apply_fn(trainable, tokens, positions, mask, cache):
             params = merge_params(trainable, shared.frozen)
@@ -122,12 +137,12 @@ class NLSetup:
 
         features_fn = teacher_fn = None
         if self.frozen:
-            # frozen trunk once per iteration, trainable top per pass (rlbias_jax.models.split)
-            first = self.first_trainable_block
+            # trainable top per pass on the frozen trunk's output (rlbias_jax.models.split)
             response_len = self.config.ppo.response_len
 
             def features_fn(tokens):
-                return split.trunk(model.lm, shared.frozen["lm"], tokens, first)
+                # used only where the sampler's features are missing; the last token emits nothing
+                return split.trunk(model.lm, shared.frozen["lm"], tokens[:, :-1], first)
 
             def teacher_fn(trainable, features, positions, mask, cache):
                 del positions, mask, cache  # full, unpadded sequences
@@ -165,6 +180,8 @@ def load_setup(config: Config, progress: Callable[[str], None] = print) -> NLSet
     width = loaded.config.d_model
     params = {"lm": loaded.params, "value_head": {"kernel": jnp.zeros((width, 1), jnp.float32), "bias": jnp.zeros((1,), jnp.float32)}}
     trainable, frozen = split_params(params, config.model.trainable_layers)
+    if config.model.dtype == "bfloat16":
+        frozen = frozen_in_bfloat16(frozen)
     reward = make_reward(config, tokenizer, loaded)
     sampling = loaded.sampling_config(config.ppo.response_len, temperature=config.ppo.temperature,
                                       min_new_tokens=config.ppo.min_response_len)

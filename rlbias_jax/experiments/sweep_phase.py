@@ -46,8 +46,9 @@ def decodings(greedy: bool) -> list[str]:
 def evaluation_rows(experiment: Experiment, evaluate: Callable, specs: list[RunSpec], states: RunState, shared: Shared) -> list[dict]:
     """The rows of results.csv (docs/run_directory.md) for every run × partition × decoding.
 
-    evaluate(params[R], shared, prompts[R, n, P], labels[R, n], keys[R], greedy=) -> mean raw
-    reward[R] (`rl.sweep.make_evaluate`); each row's score is `experiment.score` of it. Padding
+    evaluate(params[R], shared, prompts[R, n, P], labels[R, n], keys[R], greedy=) -> (mean raw
+    reward[R], its standard error[R]) (`rl.sweep.make_evaluate`); each row's score is `experiment.score`
+    of the mean, score_sem the standard error on the score's scale (the score is affine in the reward). Padding
     runs (beyond specs) are dropped; the evaluation keys depend on (task, rate, seed, partition).
     """
     run_count = len(specs)
@@ -62,7 +63,7 @@ def evaluation_rows(experiment: Experiment, evaluate: Callable, specs: list[RunS
         labels = jnp.full(prompts.shape[:2], PARTITION_LABELS[partition], jnp.int32)
         keys = jnp.stack([stream(base, KeyTag.EVAL, spec.task_id, spec.rate_index, spec.seed, partition_index) for spec in specs])
         for decoding in decodings(experiment.config.eval.greedy):
-            rewards = np.asarray(evaluate(params, shared_value, prompts, labels, keys, greedy=decoding == "greedy"))
+            rewards, sems = map(np.asarray, evaluate(params, shared_value, prompts, labels, keys, greedy=decoding == "greedy"))
             for index, spec in enumerate(specs):
                 rows.append({
                     "task_id": spec.task_id,
@@ -72,6 +73,7 @@ def evaluation_rows(experiment: Experiment, evaluate: Callable, specs: list[RunS
                     "decoding": decoding,
                     "partition": partition,
                     "score": float(experiment.score(rewards[index])),
+                    "score_sem": abs(float(experiment.score(rewards[index] + sems[index])) - float(experiment.score(rewards[index]))),
                     "raw_reward": float(rewards[index]),
                     "n_examples": int(prompts.shape[1]),
                     "status": "failed" if failed[index] else "ok",
@@ -188,7 +190,7 @@ def run_sweep_phase(experiment: Experiment, specs: list[RunSpec], run_dir: Path,
         run_baseline(experiment, evaluate, specs, initial_states, shared, run_dir, manifest, progress, resume)
     started = time.perf_counter()
     mesh = sweep.run_mesh()
-    padded = sweep.padded_run_count(len(specs), mesh)
+    padded = sweep.padded_run_count(len(specs), mesh, config.run.bitwise_across_devices)
     place = lambda tree: sweep.shard_runs(sweep.pad_runs(tree, len(specs), padded), mesh)  # noqa: E731
     states, data = place(initial_states), place(data)
     shared_placed = place(shared.value) if shared.per_run and shared.value is not None else shared.value

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rlbias_jax.models.kv_cache import KVCache, attention_bias, init_cache
-from rlbias_jax.models.layers import DTYPES, dense
+from rlbias_jax.models.layers import DTYPES, dense, matmul_f32_out
 
 
 @flax.struct.dataclass
@@ -150,14 +150,17 @@ class CausalLM(nn.Module):
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
         return_layer_hidden: bool = False,
+        last_logits_only: bool = False,
     ) -> LMOutput:
+        """`last_logits_only`: logits [B, 1, V] at the last position only (a sampler reads no others)."""
         config = self.config
         positions, allowed = positions_and_allowed(tokens, positions, attention_mask, cache)
         x, embedding = self.embed_inputs(tokens, positions)
         blocks = [self.block(layer) for layer in range(config.n_layer)]
         x, layer_hidden, new_cache = run_blocks(blocks, x, positions, allowed, cache)
         hidden = self.final_norm()(x)
-        logits = self.output_logits(embedding, hidden.astype(DTYPES[config.dtype]))
+        head_input = hidden[:, -1:] if last_logits_only else hidden
+        logits = self.output_logits(embedding, head_input.astype(DTYPES[config.dtype]))
         return LMOutput(
             logits=logits.astype(jnp.float32),
             hidden=hidden,
@@ -186,8 +189,11 @@ class CausalLM(nn.Module):
 
     @nn.nowrap
     def output_logits(self, embedding: nn.Embed, hidden: jax.Array) -> jax.Array:
-        """Logits [B, T, V] from final hidden states [B, T, D] in the compute dtype."""
+        """Logits [B, T, V] from final hidden states [B, T, D] in the compute dtype (float32 for bfloat16:
+        bf16 operands, float32 accumulation, `layers.matmul_f32_out`)."""
         if self.ties_output_head():
+            if hidden.dtype == jnp.bfloat16:
+                return matmul_f32_out(hidden, embedding.embedding.T.astype(jnp.bfloat16))
             return embedding.attend(hidden)
         return dense(self.config.vocab_size, self.config, self.output_head_name, use_bias=False)(hidden)
 
@@ -199,7 +205,12 @@ class CausalLM(nn.Module):
 
     @nn.nowrap
     def logits_from_params(self, params: dict, hidden: jax.Array) -> jax.Array:
-        """`output_logits` on explicit LM params: hidden [B, T, D] -> logits [B, T, V] in hidden's dtype."""
+        """`output_logits` on explicit LM params: hidden [B, T, D] -> logits [B, T, V], in hidden's dtype,
+        or float32 for bfloat16 hidden (bf16 operands, float32 accumulation: `layers.matmul_f32_out`)."""
         if self.ties_output_head():
-            return hidden @ params[self.token_embedding_name]["embedding"].T.astype(hidden.dtype)
-        return hidden @ params[self.output_head_name]["kernel"].astype(hidden.dtype)
+            kernel = params[self.token_embedding_name]["embedding"].T
+        else:
+            kernel = params[self.output_head_name]["kernel"]
+        if hidden.dtype == jnp.bfloat16:
+            return matmul_f32_out(hidden, kernel.astype(jnp.bfloat16))
+        return hidden @ kernel.astype(hidden.dtype)

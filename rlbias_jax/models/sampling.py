@@ -41,6 +41,9 @@ class SamplingConfig:
 class Generation:
     tokens: jax.Array  # int32[B, N] (PAD after EOS)
     mask: jax.Array  # bool[B, N]: true up to and including the first EOS
+    # float[B, P + N − 1, ...]: the model's `features` output at every position it ran (the prompt,
+    # then every new token but the last), when its output has them; else None
+    features: jax.Array | None = None
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -84,6 +87,11 @@ def choose_tokens(logits: jax.Array, row_keys: jax.Array, config: SamplingConfig
 def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
     """Positions 0, 1, ... over the valid (left-padded) prompt tokens; 0 on padding."""
     return jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def _features(out) -> jax.Array | None:
+    """The model output's per-position `features` (e.g. a frozen trunk's hidden states), if any."""
+    return getattr(out, "features", None)
 
 
 def generate(
@@ -130,7 +138,7 @@ def generate(
         token, valid, done = choose(carry, step_index)
         out = apply_fn(params, token[:, None], carry.position[:, None], key_mask, carry.cache)
         next_carry = Carry(cache=out.cache, logits=out.logits[:, -1], position=carry.position + 1, done=done)
-        return next_carry, (token, valid)
+        return next_carry, (token, valid, _features(out))
 
     initial = Carry(
         cache=out.cache,
@@ -139,11 +147,14 @@ def generate(
         done=jnp.zeros((batch,), bool),
     )
     # the last token needs no forward pass after it
-    final, (tokens, mask) = jax.lax.scan(step, initial, jnp.arange(steps - 1))
+    final, (tokens, mask, step_features) = jax.lax.scan(step, initial, jnp.arange(steps - 1))
     last_token, last_valid, _ = choose(final, steps - 1)
     tokens = jnp.concatenate([tokens.T, last_token[:, None]], axis=1)
     mask = jnp.concatenate([mask.T, last_valid[:, None]], axis=1)
-    return Generation(tokens=tokens, mask=mask)
+    features = _features(out)
+    if features is not None:  # [B, P, ...] from the prefill, then [steps − 1, B, 1, ...] from the scan
+        features = jnp.concatenate([features, jnp.moveaxis(step_features[:, :, 0], 0, 1)], axis=1)
+    return Generation(tokens=tokens, mask=mask, features=features)
 
 
 def generate_reference(apply_fn: ApplyFn, params, prompt, prompt_mask, key, config: SamplingConfig) -> Generation:

@@ -61,16 +61,19 @@ def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_
     """Teacher-forced pass: log-probs of the response tokens, values and entropies, each [B, N].
 
     The position P−1+i emits response token i, so its logits and value belong to token i.
-    `apply_fn` reads `inputs` when given (e.g. cached trunk features), else the tokens.
+    `apply_fn` reads `inputs` when given (e.g. cached trunk features), else the tokens; its output
+    covers every position, or only the N emitting ones when it says so (`response_only`, e.g.
+    `models.split.TopOutput`, which never builds a [B, P + N, V] tensor).
     The distribution is the sampler's: logits / temperature, and EOS suppressed for
     response tokens i < min_new_tokens exactly as `sampling.generate` does, so that the
     old log-probs and the PPO ratio are those of the distribution the tokens came from.
     """
     out = apply_fn(params, tokens if inputs is None else inputs, None, None, None)
     prompt_len = tokens.shape[1] - response_len
-    logits = out.logits[:, prompt_len - 1 : -1] / temperature
+    emitting = slice(None) if getattr(out, "response_only", False) else slice(prompt_len - 1, -1)
+    logits = out.logits[:, emitting] / temperature
     logits = suppress_early_eos(logits, jnp.arange(response_len), min_new_tokens, eos_id)
-    values = out.values[:, prompt_len - 1 : -1]
+    values = out.values[:, emitting]
     log_probs_all = jax.nn.log_softmax(logits, axis=-1)
     response = tokens[:, prompt_len:]
     logprobs = jnp.take_along_axis(log_probs_all, response[..., None], axis=-1)[..., 0]

@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from rlbias_jax import distributed
 from rlbias_jax.config import AlgorithmConfig, PPOConfig
-from rlbias_jax.rl.train import RunData, RunState, evaluate_partition, ppo_iteration
+from rlbias_jax.rl.train import RunData, RunState, partition_scores, ppo_iteration
 
 
 def run_mesh(devices=None) -> Mesh:
@@ -45,8 +45,10 @@ def run_mesh(devices=None) -> Mesh:
 MIN_RUNS_PER_DEVICE = 2  # a run axis of size 1 compiles to differently ordered reductions
 
 
-def padded_run_count(num_runs: int, mesh: Mesh) -> int:
-    per_device = max(-(-num_runs // mesh.size), MIN_RUNS_PER_DEVICE)
+def padded_run_count(num_runs: int, mesh: Mesh, bitwise_across_devices: bool = False) -> int:
+    """Runs per program after padding. Only `bitwise_across_devices` needs two runs per device; else
+    a single run is not padded (a padding run would double its cost)."""
+    per_device = max(-(-num_runs // mesh.size), MIN_RUNS_PER_DEVICE if bitwise_across_devices else 1)
     return per_device * mesh.size
 
 
@@ -104,14 +106,16 @@ def make_train_chunk(build_policy: Callable, config: PPOConfig, shared_axis: int
 
 
 def make_evaluate(build_policy: Callable, shared_axis: int | None, *, bitwise_across_devices: bool = False) -> Callable:
-    """jit(vmap(evaluate_partition)) over runs: (params[R], shared, prompts[R, n, P], labels[R, n], keys[R], greedy=) -> mean raw reward[R].
+    """jit(vmap(partition_scores)) over runs: (params[R], shared, prompts[R, n, P], labels[R, n], keys[R], greedy=) ->
+    (mean raw reward[R], its standard error over the n prompts [R]).
 
     Build it once per sweep: the baseline and the final evaluation share the compiled program."""
 
     def evaluate(params, shared, prompts, labels, keys, greedy: bool):
         def one_run(run_params, run_shared, run_prompts, run_labels, key):
             policy, _ = build_policy(run_shared)
-            return evaluate_partition(policy, run_params, run_prompts, run_labels, key, greedy)
+            scores = partition_scores(policy, run_params, run_prompts, run_labels, key, greedy)
+            return scores.mean(), scores.std(ddof=1) / jnp.sqrt(scores.shape[0])
 
         return jax.vmap(one_run, in_axes=(0, shared_axis, 0, 0, 0))(params, shared, prompts, labels, keys)
 

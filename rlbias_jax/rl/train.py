@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from rlbias_jax.config import AlgorithmConfig, PPOConfig
-from rlbias_jax.models.sampling import SamplingConfig, generate
+from rlbias_jax.models.sampling import Generation, SamplingConfig, generate
 from rlbias_jax.rl.gae import masked_gae, whiten
 from rlbias_jax.rl.kl import adaptive_kl_update, kl_per_token
 from rlbias_jax.rl.critic_free import critic_free_loss, sequence_advantages
@@ -56,8 +56,10 @@ class Policy:
     sampling: SamplingConfig
     optimizer: optax.GradientTransformation
     # Optional split of the teacher-forced passes (old log-probs, reference, PPO loss) for a
-    # partly frozen model: features_fn(tokens) runs the frozen trunk once per iteration and
-    # teacher_fn(params, features, ...) the trainable rest. None = apply_fn on the tokens.
+    # partly frozen model: features_fn(tokens [B, P + N]) runs the frozen trunk once per iteration
+    # over positions 0 … P + N − 2 (the last token emits nothing) and teacher_fn(params, features,
+    # ...) the trainable rest. When apply_fn's output carries those `features`, the sampler keeps
+    # them and features_fn is not called. None = apply_fn on the tokens.
     features_fn: Callable | None = None
     teacher_fn: Callable | None = None
 
@@ -73,15 +75,30 @@ def init_run_state(params, optimizer: optax.GradientTransformation, key: jax.Arr
     )
 
 
-def rollout(policy: Policy, params, prompts: jax.Array, key: jax.Array):
-    """Sample responses for full-length prompts; returns (tokens [B, P+N], response, mask)."""
+def sample_episodes(policy: Policy, params, prompts: jax.Array, key: jax.Array) -> tuple[jax.Array, Generation]:
+    """Sample responses for full-length prompts: tokens [B, P+N] and the `Generation` (response,
+    mask, and the model's features at positions 0 … P+N−2 when its output has them)."""
     batch, prompt_len = prompts.shape
     steps = policy.sampling.max_new_tokens
     cache = policy.init_cache(batch, prompt_len + steps)
     prompt_mask = jnp.ones(prompts.shape, bool)
     generation = generate(policy.apply_fn, params, prompts, prompt_mask, key, policy.sampling, cache)
-    tokens = jnp.concatenate([prompts, generation.tokens], axis=1)
+    return jnp.concatenate([prompts, generation.tokens], axis=1), generation
+
+
+def rollout(policy: Policy, params, prompts: jax.Array, key: jax.Array):
+    """Sample responses for full-length prompts; returns (tokens [B, P+N], response, mask)."""
+    tokens, generation = sample_episodes(policy, params, prompts, key)
     return tokens, generation.tokens, generation.mask
+
+
+def teacher_inputs(policy: Policy, tokens: jax.Array, generation: Generation):
+    """What the teacher-forced passes read: the frozen trunk's features (the sampler's own when it
+    kept them, one trunk pass fewer), or None for the tokens themselves."""
+    if policy.features_fn is None:
+        return None
+    features = policy.features_fn(tokens) if generation.features is None else generation.features
+    return jax.lax.stop_gradient(features)
 
 
 def per_token_rewards(scores: jax.Array, kl: jax.Array, mask: jax.Array, kl_coef: jax.Array) -> jax.Array:
@@ -122,11 +139,12 @@ def ppo_iteration(
     # COLLECT EPISODES (with replacement from the fixed training set; each prompt G times)
     index = sample_prompt_indices(data_key, data.prompts.shape[0], batch, algorithm.samples_per_prompt())
     prompts, labels = data.prompts[index], data.labels[index]
-    tokens, response, mask = rollout(policy, params, prompts, sample_key)
+    tokens, generation = sample_episodes(policy, params, prompts, sample_key)
+    response, mask = generation.tokens, generation.mask
     scores = policy.score_fn(response, mask, labels, prompts)
 
     # TEACHER-FORCED OLD LOG-PROBS AND VALUES (first epoch ratio is exactly 1)
-    inputs = None if policy.features_fn is None else jax.lax.stop_gradient(policy.features_fn(tokens))
+    inputs = teacher_inputs(policy, tokens, generation)
     teacher_fn = policy.apply_fn if policy.teacher_fn is None else policy.teacher_fn
     # the sampler's distribution: the same temperature and EOS suppression
     eos_rule = (policy.sampling.eos_id, policy.sampling.min_new_tokens)
@@ -206,10 +224,15 @@ def critic_free_episodes(tokens, mask, logprobs, scores, kl, kl_coef, algorithm:
                     advantages=as_tokens(advantages), returns=as_tokens(rewards), inputs=inputs, ref_logprobs=ref_logprobs)
 
 
-def evaluate_partition(policy: Policy, params, prompts: jax.Array, labels: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
-    """Mean score of the policy on one test partition (float32[])."""
+def partition_scores(policy: Policy, params, prompts: jax.Array, labels: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
+    """The policy's score on every prompt of one test partition (float32[n])."""
     sampling = dataclasses.replace(policy.sampling, greedy=greedy)
     batch, prompt_len = prompts.shape
     cache = policy.init_cache(batch, prompt_len + sampling.max_new_tokens)
     generation = generate(policy.apply_fn, params, prompts, jnp.ones(prompts.shape, bool), key, sampling, cache)
-    return policy.score_fn(generation.tokens, generation.mask, labels, prompts).mean()
+    return policy.score_fn(generation.tokens, generation.mask, labels, prompts)
+
+
+def evaluate_partition(policy: Policy, params, prompts: jax.Array, labels: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
+    """Mean score of the policy on one test partition (float32[])."""
+    return partition_scores(policy, params, prompts, labels, key, greedy).mean()
