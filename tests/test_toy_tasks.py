@@ -184,7 +184,7 @@ def test_s_only_count_rounds():
 
 def test_same_key_same_examples_different_key_different():
     # Same static arguments as the sample_partition call above: no new compilation.
-    draw = functools.partial(toy.sample_examples, task_id=3, spurious=True, target=False, n=TEST_SIZE, vocab_size=10)
+    draw = functools.partial(toy.sample_examples, task=3, spurious=True, target=False, n=TEST_SIZE, vocab_size=10)
     first = np.asarray(draw(jax.random.key(3)))
     np.testing.assert_array_equal(first, draw(jax.random.key(3)))
     assert not np.array_equal(first, draw(jax.random.key(4)))
