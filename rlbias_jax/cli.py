@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md/report.html from run directories", description="write report.md/report.html from run directories")
     report.add_argument("run_dirs", nargs="+", type=Path, help="one or more runs/<name> directories")
     report.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first run directory)")
+    report.add_argument("--include-censored", action="store_true",
+                        help="H1 includes tasks whose extractability is censored (flagged), as eval.h1_include_censored = true")
 
     reproduce = commands.add_parser("reproduce", help="re-run a finished run from its saved config and compare its results.csv",
                                     description="re-run a finished run from its saved config and compare its results.csv "
@@ -129,7 +131,7 @@ def _dispatch(args) -> int:
     if args.command == "report":
         from rlbias_jax.analysis import write_report
 
-        path = write_report(list(args.run_dirs), args.out)
+        path = write_report(list(args.run_dirs), args.out, include_censored=True if args.include_censored else None)
         print(f"report: {path}")
         return 0
     if args.command == "reproduce":
