@@ -208,9 +208,11 @@ def nl_throughput_section(data: dict) -> list[str]:
         lines.append(f"| {name}: {data['notes'][name]} | "
                      + " | ".join(f"{entry[phase]['median_seconds'] * 1e3:,.0f}" for phase in phases)
                      + f" | {per_iteration:,.0f} | {entry['episodes_per_s']:.2f} | {ratio} |")
-    lines += ["", "Phases are jitted on their own; the iteration is the real sweep program with the variant's run "
-              "count. Teacher-forced = the trunk's output for the teacher passes + old log-probs and values + "
-              "reference log-probs; update = the epochs of forward + backward + Adam on the top."]
+    lines += ["", "Variants are cumulative, in the order before, compact_top, sampler_features, single_run, bf16: a row "
+              "has every change of the variants before it in that order, shown here or not. Phases are jitted on "
+              "their own; the iteration is the real sweep program with the variant's run count. Teacher-forced = "
+              "the trunk's output for the teacher passes + old log-probs and values + reference log-probs; update = "
+              "the epochs of forward + backward + Adam on the top."]
     return lines
 
 

@@ -63,6 +63,6 @@ def test_nl_throughput_table_shows_each_variant_and_the_ratio_to_before(tmp_path
             "load_average_per_round": [[5.5, 5, 5], [6.3, 6, 6]]}
     (tmp_path / "nl_throughput.json").write_text(json.dumps(data))
     block = table.generate(tmp_path)
-    assert "| before: the old path | 500 | 400 | 3,000 | 24,000 | 2.00 | 1.00× |" in block
-    assert "| bf16: the new path | 500 | 400 | 3,000 | 5,333 | 9.00 | 4.50× |" in block
+    assert "| before: the old path | 500 | 400 | 3,000 | 12,000 | 2.00 | 1.00× |" in block
+    assert "| bf16: the new path | 500 | 400 | 3,000 | 2,667 | 9.00 | 4.50× |" in block
     assert "5.5, 6.3" in block

@@ -3,8 +3,8 @@ prompt rewarded for positive sentiment, raises the held-out score of the partiti
 
 Real model (the bundled SmolLM2-135M), real corpus and reward, fixed seed; a few minutes on 2 CPU
 cores. The threshold sits well below the rises measured over several seeds (docs/nl.md, "The
-positive control"), so the test fails only when learning breaks: at learning rate 1e-12 the
-mean rise is noise around 0.
+positive control"), so the test fails only when learning breaks (checked: at learning rate 1e-12
+the run fails it).
 """
 
 import csv
@@ -19,9 +19,11 @@ pytestmark = pytest.mark.slow
 # Reduced control: 16 iterations x 24 episodes (nl_control: 40), 32 test prompts per partition.
 REDUCED = {"ppo.iterations": 16, "run.chunk_iterations": 8, "run.report": False,
            **{f"task.test_size_{p}": 32 for p in ("both", "neither", "s_only", "t_only")}}
-# Mean over the four partitions of (after - before), measured at REDUCED over seeds 0-2
-# (docs/nl.md): the threshold is far below the smallest of them and far above noise.
-MIN_MEAN_RISE = 0.05
+# Mean over the four partitions of (after - before), measured at REDUCED as one 3-seed sweep
+# (sweep.seeds = 3, bf16): 0.053, 0.039, 0.053 (every partition rose in every seed; docs/nl.md).
+# The threshold is half the smallest. Before and after use the same prompts and sampling keys,
+# so an untrained policy scores a rise of exactly 0, not noise around it.
+MIN_MEAN_RISE = 0.02
 
 
 def _scores(path) -> dict[str, float]:
