@@ -115,3 +115,16 @@ def test_bad_input_is_one_clear_line(tmp_path, policy, capsys, monkeypatch, sett
     assert _cli(tmp_path, policy, setting) == 2
     error = capsys.readouterr().err
     assert error.startswith("rlbias: error:") and message in error, error
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo"])
+def test_critic_free_algorithms_run_the_nl_experiment(policy, tmp_path, name):
+    config = _config(policy, algorithm={"name": name, "group_size": 4, "kl_coef": 0.05})
+    outcome = run_experiment(config, out_dir=str(tmp_path), probe=False, progress=lambda _: None)
+    results = _read(outcome.run_dir / "results.csv")
+    assert len(results) == 2 * 2 * 4
+    assert all(row["status"] == "ok" and 0.0 <= float(row["score"]) <= 1.0 for row in results)
+    assert outcome.manifest["status"] == "complete"
+    assert outcome.manifest["phases"]["rl"]["episodes"] == 2 * 8 * 4  # episodes count responses
+    curves = _read(outcome.run_dir / "curves.csv")
+    assert "loss/value" not in curves[0] and "objective/kl_loss" in curves[0]  # no value loss; the loss-side KL
