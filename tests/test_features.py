@@ -221,6 +221,7 @@ batch_size = 8
 '''
 
 
+@pytest.mark.slow
 def test_a_user_registered_feature_runs_end_to_end(tmp_path, capsys):
     from rlbias_jax.cli import main
 

@@ -36,11 +36,12 @@ def summary_lines(results: list[dict], baseline: list[dict] | None = None) -> li
     rates = sorted({rate for _, rate in table})
     tasks = sorted({task for task, _ in table})
     names = {int(row["task_id"]): row["task_name"] for row in results}
+    id_width = max([3] + [len(str(task)) for task in tasks])  # feature-pair ids have 6 digits
     lines = ["use_target = (score(s_only) + score(t_only)) / 2, mean over seeds (sampled decoding)",
-             f"{'task':<24}" + "".join(f"p={rate:<8g}" for rate in rates)]
+             f"{'task':<{id_width + 26}}" + "".join(f"p={rate:<8g}" for rate in rates)]
     for task in tasks:
         cells = "".join(f"{np.mean(table[(task, rate)]):<10.3f}" for rate in rates)
-        lines.append(f"{task:<3} {names[task][:20]:<20}{cells}")
+        lines.append(f"{task:<{id_width}} {names[task][:24]:<25}{cells}")
     means = mean_scores(results)
     lines.append("mean score per partition (all rates and seeds): " + "; ".join(
         f"task {task} " + " ".join(f"{part}={means[(task, part)]:.2f}" for part in PARTITIONS)
