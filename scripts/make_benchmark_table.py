@@ -129,7 +129,7 @@ def profile_lines(data: dict) -> list[str]:
 
 
 def bf16_section(data: dict) -> list[str]:
-    overrides = ", ".join(f"{key}={value}" for key, value in data["overrides"].items())
+    overrides = ", ".join(f"{key}={value}" for key, value in data["overrides"].items()) or "its own grid (no overrides)"
     lines = [
         "### bf16 compute vs float32 on the toy task",
         "",
