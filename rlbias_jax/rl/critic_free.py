@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from rlbias_jax.config import AlgorithmConfig, PPOConfig
 from rlbias_jax.rl.kl import kl_per_token
-from rlbias_jax.rl.ppo import Episodes, masked_mean, response_statistics
+from rlbias_jax.rl.ppo import Episodes, importance_ratio, masked_mean, response_statistics
 
 GRPO_STD_EPS = 1e-4  # added to the group's std (TRL's GRPOTrainer); keeps a group of equal rewards at A = 0
 
@@ -90,9 +90,7 @@ def critic_free_loss(params, apply_fn, batch: Episodes, config: PPOConfig, eos_i
     logprobs, _, entropy = response_statistics(apply_fn, params, batch.tokens, response_len, config.temperature, batch.inputs,
                                                eos_id, min_new_tokens)
     mask = batch.response_mask
-    # masked before exp, as in ppo_loss: a token after EOS must not overflow the ratio
-    log_ratio = jnp.where(mask, logprobs - batch.logprobs, 0.0)
-    ratio = jnp.exp(log_ratio)
+    log_ratio, ratio = importance_ratio(logprobs, batch.logprobs, mask)
     policy_loss = sequence_mean(policy_objective(ratio, batch.advantages, config.clip_eps, algorithm.objective), mask)
     if algorithm.kl_coef > 0:
         kl = kl_per_token(logprobs, jnp.where(mask, batch.ref_logprobs, logprobs), "k3")

@@ -81,6 +81,14 @@ def response_statistics(apply_fn: Callable, params, tokens: jax.Array, response_
     return logprobs, values, entropy
 
 
+def importance_ratio(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log ratio, ratio) of new to old token probabilities, 0 and 1 where `mask` is False.
+
+    Masked before exp: a token after EOS must not overflow the ratio (exp(> 88.7) = inf in float32)."""
+    log_ratio = jnp.where(mask, logprobs - old_logprobs, 0.0)
+    return log_ratio, jnp.exp(log_ratio)
+
+
 def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig, eos_id: int | None = None, min_new_tokens: int = 0):
     """Clipped policy loss + (optionally clipped) value loss − entropy bonus, with TRL's statistics.
     `eos_id`, `min_new_tokens`: the sampler's EOS suppression (see `response_statistics`)."""
@@ -89,9 +97,7 @@ def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig, eos
                                                     eos_id, min_new_tokens)
     mask = batch.response_mask
 
-    # masked before exp: a token after EOS must not overflow the ratio (exp(> 88.7) = inf in float32)
-    log_ratio = jnp.where(mask, logprobs - batch.logprobs, 0.0)
-    ratio = jnp.exp(log_ratio)
+    log_ratio, ratio = importance_ratio(logprobs, batch.logprobs, mask)
     policy_losses = -batch.advantages * ratio
     policy_losses_clipped = -batch.advantages * jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
     policy_loss = masked_mean(jnp.maximum(policy_losses, policy_losses_clipped), mask)
