@@ -18,4 +18,4 @@ for algorithm in grpo rloo; do
   cp "$out/toy_algorithms_ppo/"{extractability.csv,mdl.csv,mdl_blocks.csv} "$out/toy_algorithms_$algorithm/"
 done
 "${rlbias[@]}" report "$out/toy_algorithms_ppo" "$out/toy_algorithms_grpo" "$out/toy_algorithms_rloo" \
-  --out "$out/toy_algorithms_report" --include-censored
+  --out "$out/toy_algorithms_report"
