@@ -208,13 +208,11 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def new_manifest(config_dict: dict, name: str, experiment: str) -> dict:
+def environment_fields() -> dict:
+    """What this process runs on, as the manifest records it: git state, packages, Python,
+    platform, devices and process count."""
     sha, dirty = git_state()
     return {
-        "name": name,
-        "experiment": experiment,
-        "status": "running",
-        "config": config_dict,
         "git_sha": sha,
         "git_dirty": dirty,
         "packages": package_versions(),
@@ -222,6 +220,16 @@ def new_manifest(config_dict: dict, name: str, experiment: str) -> dict:
         "platform": platform.platform(),
         "devices": device_list(),
         "process_count": jax.process_count(),
+    }
+
+
+def new_manifest(config_dict: dict, name: str, experiment: str) -> dict:
+    return {
+        "name": name,
+        "experiment": experiment,
+        "status": "running",
+        "config": config_dict,
+        **environment_fields(),
         "started_at": now_iso(),
         "finished_at": None,
         "wall_time_s": None,

@@ -23,7 +23,6 @@ The re-run goes to a hidden sibling folder of the run (removed afterwards unless
 from __future__ import annotations
 
 import math
-import platform
 import shutil
 import tempfile
 import time
@@ -33,7 +32,7 @@ import numpy as np
 
 from rlbias_jax.config import Config, ConfigError, config_from_dict, load_config, replace
 from rlbias_jax.experiments.base import Progress
-from rlbias_jax.runs import RunDirError, atomic_write_json, device_list, git_state, now_iso, package_versions, read_csv, read_manifest
+from rlbias_jax.runs import RunDirError, atomic_write_json, environment_fields, now_iso, read_csv, read_manifest
 
 REPRODUCE_FILE = "reproduce.json"
 Z_THRESHOLD = 3.0
@@ -54,9 +53,7 @@ def saved_config(run_dir: Path, manifest: dict) -> Config:
 def environment(manifest: dict | None = None) -> dict:
     """What decides the bits of a result: from a manifest, or of this process when None."""
     if manifest is None:
-        sha, _ = git_state()
-        manifest = {"platform": platform.platform(), "python": platform.python_version(), "packages": package_versions(),
-                    "devices": device_list(), "process_count": 1, "git_sha": sha}
+        manifest = {**environment_fields(), "process_count": 1}  # the re-run is always one process
     devices = [(d.get("platform"), d.get("kind")) for d in manifest.get("devices") or []]
     return {"platform": manifest.get("platform"), "python": manifest.get("python"), "packages": manifest.get("packages"),
             "devices": devices, "process_count": manifest.get("process_count"), "git_sha": manifest.get("git_sha")}

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from rlbias_jax.config import AlgorithmConfig, PPOConfig
 from rlbias_jax.rl.kl import kl_per_token
-from rlbias_jax.rl.ppo import Episodes, importance_ratio, masked_mean, response_statistics
+from rlbias_jax.rl.ppo import Episodes, importance_ratio, masked_mean, ratio_statistics, response_statistics
 
 GRPO_STD_EPS = 1e-4  # added to the group's std (TRL's GRPOTrainer); keeps a group of equal rewards at A = 0
 
@@ -79,6 +79,12 @@ def policy_objective(ratio: jax.Array, advantages: jax.Array, clip_eps: float, o
     raise ValueError(f"unknown objective {objective!r}")
 
 
+def loss_side_kl_per_token(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array) -> jax.Array:
+    """k3 estimate of KL(π ‖ π_ref) per response token, [B, N]; 0 where `mask` is False (the
+    reference's log-prob is replaced by the policy's there, so nothing overflows)."""
+    return kl_per_token(logprobs, jnp.where(mask, ref_logprobs, logprobs), "k3")
+
+
 def critic_free_loss(params, apply_fn, batch: Episodes, config: PPOConfig, eos_id: int | None = None, min_new_tokens: int = 0,
                      *, algorithm: AlgorithmConfig):
     """GRPO/RLOO loss of a minibatch: the policy objective on the group advantages
@@ -93,21 +99,16 @@ def critic_free_loss(params, apply_fn, batch: Episodes, config: PPOConfig, eos_i
     log_ratio, ratio = importance_ratio(logprobs, batch.logprobs, mask)
     policy_loss = sequence_mean(policy_objective(ratio, batch.advantages, config.clip_eps, algorithm.objective), mask)
     if algorithm.kl_coef > 0:
-        kl = kl_per_token(logprobs, jnp.where(mask, batch.ref_logprobs, logprobs), "k3")
-        kl_loss = sequence_mean(kl, mask)
+        kl_loss = sequence_mean(loss_side_kl_per_token(logprobs, batch.ref_logprobs, mask), mask)
     else:
         kl_loss = jnp.zeros(())
     mean_entropy = masked_mean(entropy, mask)
     loss = policy_loss + algorithm.kl_coef * kl_loss - config.entropy_coef * mean_entropy
-    unclipped = -batch.advantages * ratio
     stats = {
         "loss/policy": policy_loss,
         "loss/kl": kl_loss,
         "loss/total": loss,
         "policy/entropy": mean_entropy,
-        "policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
-        "policy/clipfrac": masked_mean((policy_objective(ratio, batch.advantages, config.clip_eps, "clipped") > unclipped)
-                                       .astype(jnp.float32), mask),
-        "val/ratio": masked_mean(ratio, mask),
+        **ratio_statistics(log_ratio, ratio, batch.advantages, config.clip_eps, mask),
     }
     return loss, stats

@@ -89,6 +89,18 @@ def importance_ratio(logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Arr
     return log_ratio, jnp.exp(log_ratio)
 
 
+def ratio_statistics(log_ratio: jax.Array, ratio: jax.Array, advantages: jax.Array, clip_eps: float, mask: jax.Array) -> dict:
+    """TRL's statistics of the importance ratio over the valid tokens: approx-KL (½·mean log-ratio²),
+    clipfrac (the fraction of tokens whose clipped policy loss −A·clip(ρ, 1 ± ε) exceeds −A·ρ) and the mean ratio."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return {
+        "policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+        "policy/clipfrac": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
+        "val/ratio": masked_mean(ratio, mask),
+    }
+
+
 def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig, eos_id: int | None = None, min_new_tokens: int = 0):
     """Clipped policy loss + (optionally clipped) value loss − entropy bonus, with TRL's statistics.
     `eos_id`, `min_new_tokens`: the sampler's EOS suppression (see `response_statistics`)."""
@@ -119,9 +131,7 @@ def ppo_loss(params, apply_fn: Callable, batch: Episodes, config: PPOConfig, eos
         "loss/value": value_loss,
         "loss/total": loss,
         "policy/entropy": mean_entropy,
-        "policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
-        "policy/clipfrac": masked_mean((policy_losses_clipped > policy_losses).astype(jnp.float32), mask),
-        "val/ratio": masked_mean(ratio, mask),
+        **ratio_statistics(log_ratio, ratio, batch.advantages, config.clip_eps, mask),
         "val/clipfrac": value_clipfrac,
         "val/mean": masked_mean(values, mask),
     }

@@ -19,7 +19,7 @@ from rlbias_jax.config import AlgorithmConfig, PPOConfig
 from rlbias_jax.models.sampling import Generation, SamplingConfig, generate
 from rlbias_jax.rl.gae import masked_gae, whiten
 from rlbias_jax.rl.kl import adaptive_kl_update, kl_per_token
-from rlbias_jax.rl.critic_free import critic_free_loss, sequence_advantages
+from rlbias_jax.rl.critic_free import critic_free_loss, loss_side_kl_per_token, sequence_advantages
 from rlbias_jax.rl.ppo import Episodes, TrainState, masked_mean, ppo_loss, ppo_update, response_statistics
 
 # score(responses int32[B, N], mask bool[B, N], labels int32[B], prompts int32[B, P]) -> float32[B]
@@ -182,7 +182,7 @@ def ppo_iteration(
     mean_kl = (kl * mask).sum(axis=1).mean()
     if loss_side_kl:
         # log exactly the KL that is penalised: the loss's k3, summed over the response
-        stats["objective/kl_loss"] = (kl_per_token(logprobs, jnp.where(mask, ref_logprobs, logprobs), "k3") * mask).sum(axis=1).mean()
+        stats["objective/kl_loss"] = (loss_side_kl_per_token(logprobs, ref_logprobs, mask) * mask).sum(axis=1).mean()
     kl_coef = state.kl_coef
     if config.adaptive_kl and config.kl_coef > 0:
         kl_coef = adaptive_kl_update(kl_coef, mean_kl, config.kl_target, config.kl_horizon, batch)
@@ -226,13 +226,6 @@ def critic_free_episodes(tokens, mask, logprobs, scores, kl, kl_coef, algorithm:
 
 def partition_scores(policy: Policy, params, prompts: jax.Array, labels: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
     """The policy's score on every prompt of one test partition (float32[n])."""
-    sampling = dataclasses.replace(policy.sampling, greedy=greedy)
-    batch, prompt_len = prompts.shape
-    cache = policy.init_cache(batch, prompt_len + sampling.max_new_tokens)
-    generation = generate(policy.apply_fn, params, prompts, jnp.ones(prompts.shape, bool), key, sampling, cache)
+    decoding = dataclasses.replace(policy, sampling=dataclasses.replace(policy.sampling, greedy=greedy))
+    _, generation = sample_episodes(decoding, params, prompts, key)
     return policy.score_fn(generation.tokens, generation.mask, labels, prompts)
-
-
-def evaluate_partition(policy: Policy, params, prompts: jax.Array, labels: jax.Array, key: jax.Array, greedy: bool) -> jax.Array:
-    """Mean score of the policy on one test partition (float32[])."""
-    return partition_scores(policy, params, prompts, labels, key, greedy).mean()
